@@ -1,0 +1,33 @@
+"""Recipe `augment` section -> Keras preprocessing layers that run inside the train step.
+
+They sit in the training model only (in front of the classifier), so they run on the
+accelerator, are active only while training, and never reach a saved or exported model.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def build_augmenter(config, seed: int) -> keras.Sequential | None:
+    """A Sequential of random layers for 0..255 float images, or None when augmentation is off."""
+    if not config.enabled:
+        return None
+    layers = []
+    if config.flip != "none":
+        layers.append(keras.layers.RandomFlip(config.flip, seed=seed))
+    if config.rotation:
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed + 1))
+    if config.zoom:
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed + 2))
+    if config.translation:
+        layers.append(
+            keras.layers.RandomTranslation(config.translation, config.translation, fill_mode="reflect", seed=seed + 3)
+        )
+    if config.contrast:
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
+    if config.brightness:
+        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 5))
+    if not layers:
+        return None
+    return keras.Sequential(layers, name="augment")

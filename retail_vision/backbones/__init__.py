@@ -1,0 +1,6 @@
+"""Backbone registry. Importing this package registers every family (no TensorFlow import)."""
+
+from retail_vision.backbones import efficientnet_lite, keras_applications  # noqa: F401  (registers)
+from retail_vision.backbones._registry import BackboneSpec, get, names
+
+__all__ = ["BackboneSpec", "get", "names"]

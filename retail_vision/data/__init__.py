@@ -1,0 +1,1 @@
+"""Data: sources (folders, manifests, TFDS), the pre-training scan and the tf.data pipeline."""

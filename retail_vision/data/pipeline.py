@@ -1,0 +1,63 @@
+"""The tf.data pipeline: parallel decode, aspect-preserving resize, cache, seeded shuffle, batch, prefetch.
+
+Images leave the pipeline as float32 RGB in 0..255 at the model's square size; the model
+itself normalises them (preprocessing lives in the graph) and augments them on the accelerator.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from retail_vision.data.sources import Examples
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF (first frame) bytes -> uint8 RGB; grayscale and RGBA become RGB."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_image(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+    """Keep the aspect ratio: scale the short side to `size` and center-crop, or fit and pad."""
+    if mode == "pad":
+        return tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+    resized = tf.image.resize(image, new_shape, antialias=True)
+    return tf.image.resize_with_crop_or_pad(resized, size, size)
+
+
+def load_and_resize(path: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+    return resize_image(decode_image(tf.io.read_file(path)), size, mode)
+
+
+def files_dataset(examples: Examples, size: int, mode: str) -> tf.data.Dataset:
+    """(image float32 [size,size,3] in 0..255, label int32) from image files, decoded in parallel."""
+    dataset = tf.data.Dataset.from_tensor_slices((examples.paths, tf.constant(examples.labels, tf.int32)))
+    return dataset.map(
+        lambda path, label: (load_and_resize(path, size, mode), label),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def batched(
+    images: tf.data.Dataset,
+    num_classes: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    cache: bool,
+    sample_count: int,
+) -> tf.data.Dataset:
+    """Cache decoded images, shuffle (seeded, anew each epoch), one-hot, batch and prefetch."""
+    if cache:
+        images = images.cache()
+    if shuffle:
+        images = images.shuffle(max(sample_count, 1), seed=seed, reshuffle_each_iteration=True)
+    images = images.map(lambda image, label: (image, tf.one_hot(label, num_classes)), num_parallel_calls=AUTOTUNE)
+    return images.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,181 @@
+"""Where labelled photos come from: class folders (any depth), manifests, and stratified splits.
+
+Each source yields `Examples`: file paths, integer labels and the class names. TFDS datasets
+are handled in `tfds_source.py` because they arrive decoded, not as files.
+No TensorFlow here: listing and splitting files is plain Python.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import random
+from collections import Counter, defaultdict
+
+from retail_vision.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+MANIFEST_EXTENSIONS = (".csv", ".txt")
+
+
+@dataclasses.dataclass
+class Examples:
+    """Labelled image files. `labels[i]` indexes `class_names`."""
+
+    paths: list[str]
+    labels: list[int]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(self.labels)
+        return {name: counter.get(index, 0) for index, name in enumerate(self.class_names)}
+
+    def subset(self, indices: list[int]) -> "Examples":
+        return Examples([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names)
+
+
+def load_examples(source: str, class_names_file: str | None = None, known_classes: list[str] | None = None) -> Examples:
+    """Read a folder of class folders or a manifest file.
+
+    `known_classes` (the training classes) makes a validation source use the same label
+    order; a class the training data does not have is an error.
+    """
+    if not os.path.exists(source):
+        raise DataError(f"{source}: no such folder or manifest file")
+    if os.path.isdir(source):
+        examples = from_folder(source)
+    elif source.lower().endswith(MANIFEST_EXTENSIONS):
+        examples = from_manifest(source, class_names_file)
+    else:
+        raise DataError(f"{source}: not a folder or a manifest (.csv/.txt); point data.source at one")
+    if known_classes is not None:
+        return _relabel(examples, known_classes, source)
+    if len(examples.class_names) < 2:
+        raise DataError(
+            f"{source}: found {len(examples.class_names)} class ({', '.join(examples.class_names)}); "
+            "a classifier needs at least 2 class folders"
+        )
+    return examples
+
+
+def from_folder(root: str) -> Examples:
+    """Each folder that holds images directly is a class, named after the folder (the leaf)."""
+    images_by_folder: dict[str, list[str]] = {}
+    empty_leaves = []
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        subfolders.sort()
+        images = sorted(name for name in files if name.lower().endswith(IMAGE_EXTENSIONS))
+        if images:
+            images_by_folder[folder] = [os.path.join(folder, name) for name in images]
+        elif not subfolders and folder != root:
+            empty_leaves.append(folder)
+    if empty_leaves:
+        raise DataError(
+            f"{empty_leaves[0]}: empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} files); "
+            "add photos or remove the folder"
+        )
+    if not images_by_folder:
+        raise DataError(f"{root}: no images found (looked for {'/'.join(IMAGE_EXTENSIONS)} in class folders)")
+    if root in images_by_folder:
+        raise DataError(f"{root}: holds images directly; put each class's photos in its own folder")
+    folders = sorted(images_by_folder)
+    names = _class_names_for(folders, root)
+    paths, labels = [], []
+    for label, folder in enumerate(folders):
+        paths.extend(images_by_folder[folder])
+        labels.extend([label] * len(images_by_folder[folder]))
+    return Examples(paths, labels, names)
+
+
+def _class_names_for(folders: list[str], root: str) -> list[str]:
+    """Leaf folder names, or the path below root where two leaves share a name."""
+    leaves = [os.path.basename(folder) for folder in folders]
+    repeated = {name for name, count in Counter(leaves).items() if count > 1}
+    return [
+        os.path.relpath(folder, root).replace(os.sep, "/") if leaf in repeated else leaf
+        for folder, leaf in zip(folders, leaves)
+    ]
+
+
+def from_manifest(manifest: str, class_names_file: str | None = None) -> Examples:
+    """Rows `path,label[,...]`; paths relative to the manifest; label is a name, or an id with a class-name file."""
+    base = os.path.dirname(os.path.abspath(manifest))
+    rows = []
+    with open(manifest, encoding="utf-8", newline="") as handle:
+        for line_number, row in enumerate(csv.reader(handle, skipinitialspace=True), start=1):
+            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < 2:
+                raise DataError(f"{manifest}:{line_number}: expected 'path,label', received {','.join(row)!r}")
+            rows.append((line_number, row[0].strip(), row[1].strip()))
+    if rows and not _looks_like_image(rows[0][1]):
+        rows = rows[1:]  # a header row such as "path,label"
+    if not rows:
+        raise DataError(f"{manifest}: the manifest lists no images")
+
+    id_names = _read_class_names(class_names_file) if class_names_file else None
+    if id_names is None and all(label.isdigit() for _, _, label in rows):
+        raise DataError(
+            f"{manifest}: labels are ids; set data.class_names to a file with one class name per id"
+        )
+    named = []
+    for line_number, path, label in rows:
+        if id_names is not None:
+            if not label.isdigit() or int(label) not in id_names:
+                raise DataError(f"{manifest}:{line_number}: label {label!r} is not an id in {class_names_file}")
+            label = id_names[int(label)]
+        named.append((os.path.normpath(os.path.join(base, path)), label))
+    class_names = sorted({label for _, label in named})
+    if id_names is not None:  # keep the id order the class-name file defines
+        used = {label for _, label in named}
+        class_names = [id_names[i] for i in sorted(id_names) if id_names[i] in used]
+    index = {name: i for i, name in enumerate(class_names)}
+    return Examples([path for path, _ in named], [index[label] for _, label in named], class_names)
+
+
+def _looks_like_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _read_class_names(path: str) -> dict[int, str]:
+    """One name per line (line i = id i), or CSV rows `name,id,...` with an optional header."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: class-name file not found (data.class_names)")
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.reader(handle, skipinitialspace=True) if row and row[0].strip()]
+    if rows and len(rows[0]) >= 2 and not rows[0][1].strip().isdigit():
+        rows = rows[1:]
+    if rows and len(rows[0]) >= 2:
+        return {int(row[1]): row[0].strip() for row in rows}
+    return {i: row[0].strip() for i, row in enumerate(rows)}
+
+
+def _relabel(examples: Examples, known_classes: list[str], source: str) -> Examples:
+    index = {name: i for i, name in enumerate(known_classes)}
+    unknown = [name for name in examples.class_names if name not in index]
+    if unknown:
+        raise DataError(f"{source}: classes not in the training data: {', '.join(unknown[:5])}")
+    labels = [index[examples.class_names[label]] for label in examples.labels]
+    return Examples(examples.paths, labels, list(known_classes))
+
+
+def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Hold out `fraction` of each class (at least one image where the class has two or more)."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.validation: received {fraction}; a fraction must be between 0 and 1")
+    by_class = defaultdict(list)
+    for i, label in enumerate(examples.labels):
+        by_class[label].append(i)
+    rng = random.Random(seed)
+    train, held_out = [], []
+    for label in sorted(by_class):
+        indices = by_class[label]
+        rng.shuffle(indices)
+        n_val = min(max(1, round(len(indices) * fraction)), len(indices) - 1)
+        held_out.extend(indices[:n_val])
+        train.extend(indices[n_val:])
+    return examples.subset(sorted(train)), examples.subset(sorted(held_out))

@@ -1,0 +1,17 @@
+"""Errors a user can fix (exit 2) as opposed to bugs (exit 1)."""
+
+
+class UserError(Exception):
+    """Bad input: recipe, data, weights or usage. The message is one line that says what to fix."""
+
+
+class RecipeError(UserError):
+    """A recipe field is unknown, of the wrong type or out of range."""
+
+
+class DataError(UserError):
+    """The data a recipe points to is missing, empty or unusable."""
+
+
+class WeightsError(UserError):
+    """Pretrained weights are missing (offline, not cached) or do not match the backbone."""

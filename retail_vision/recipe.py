@@ -1,0 +1,249 @@
+"""The recipe schema: every field once, with its default and one line of meaning.
+
+A recipe is YAML. Loading is strict: an unknown key, a wrong type or a bad value raises
+`RecipeError` with the dotted path, the value received and the nearest valid choice.
+This module imports nothing from the rest of the package and never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from typing import Any, Literal, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from retail_vision.errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        description="training images: a folder of class folders (any depth, class = leaf "
+        "folder), a manifest (.csv/.txt rows 'path,label'), or 'tfds:<name>'"
+    )
+    validation: Union[float, str] = Field(
+        0.2,
+        description="a folder or manifest (a TFDS split name for tfds), or a fraction of "
+        "train held out with a seeded stratified split",
+    )
+    class_names: str | None = Field(
+        None, description="class-name file for manifests whose labels are ids (one per line, or CSV name,id)"
+    )
+    data_dir: str | None = Field(None, description="TFDS data_dir (where prepared TFDS datasets live)")
+    image_size: int | None = Field(
+        None, ge=32, le=1024, description="square input side in pixels; default: the backbone's"
+    )
+    resize: Literal["crop", "pad"] = Field(
+        "crop", description="keep aspect ratio and center-crop, or pad, to the square input"
+    )
+    cache: bool = Field(True, description="cache decoded, resized images in memory after the first epoch")
+
+
+class ModelConfig(_Section):
+    backbone: str = Field("efficientnet_lite0", description="registry name; `retail-vision backbones` lists them")
+    weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the classification layer")
+
+
+class AugmentConfig(_Section):
+    enabled: bool = Field(True, description="off switch for all augmentation")
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] = Field(
+        "horizontal", description="random flips"
+    )
+    rotation: float = Field(0.05, ge=0.0, le=0.5, description="max rotation as a fraction of a full turn")
+    zoom: float = Field(0.1, ge=0.0, lt=1.0, description="max zoom in/out as a fraction of the size")
+    translation: float = Field(0.1, ge=0.0, lt=1.0, description="max shift as a fraction of the size")
+    contrast: float = Field(0.1, ge=0.0, lt=1.0, description="max contrast change factor")
+    brightness: float = Field(0.1, ge=0.0, lt=1.0, description="max brightness change, fraction of 255")
+
+
+class HeadPhaseConfig(_Section):
+    epochs: int = Field(5, ge=0, description="epochs training only the head, backbone frozen")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="constant learning rate of the head phase")
+
+
+class FineTunePhaseConfig(_Section):
+    epochs: int = Field(5, ge=0, description="epochs training the unfrozen top of the backbone with the head")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="peak learning rate after warmup")
+    unfreeze: Union[Literal["all"], int, str] = Field(
+        "all", description="'all', the top N backbone layers (an int), or the name of the first layer to unfreeze"
+    )
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warmup from 0, then cosine decay to 0")
+    batchnorm: Literal["frozen", "train"] = Field(
+        "frozen",
+        description="'frozen': BatchNorm keeps ImageNet statistics; 'train': statistics adapt to the new photos",
+    )
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int = Field(0, ge=0, description="epochs without val accuracy gain before stopping; 0 = off")
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(32, ge=1, le=4096, description="images per step")
+    seed: int = Field(42, description="seed for the split, shuffling, augmentation and initialisation")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer of both phases")
+    weight_decay: float = Field(1e-4, ge=0.0, description="decoupled weight decay (adamw only)")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    class_weights: Literal["auto", "none"] = Field(
+        "none", description="'auto' weights classes by inverse frequency (imbalanced data)"
+    )
+    head: HeadPhaseConfig = Field(default_factory=HeadPhaseConfig, description="phase 1")
+    fine_tune: FineTunePhaseConfig = Field(default_factory=FineTunePhaseConfig, description="phase 2")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="per phase")
+
+
+class OutputConfig(_Section):
+    runs_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
+
+
+class Recipe(_Section):
+    name: str = Field("retail-model", min_length=1, description="model name: run and export folders use it")
+    data: DataConfig = Field(description="where the photos come from and how they are read")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="backbone and head")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training-time augmentation")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the two training phases")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
+
+    # === Loading ===
+
+    @classmethod
+    def from_dict(cls, raw: Any, base_dir: str = ".") -> "Recipe":
+        """Validate a parsed recipe; relative data paths are resolved against `base_dir`."""
+        if not isinstance(raw, dict):
+            raise RecipeError(f"recipe: expected a mapping of sections, received {_short(raw)}")
+        try:
+            recipe = cls.model_validate(raw)
+        except pydantic.ValidationError as error:
+            raise RecipeError(_describe(error.errors()[0], raw)) from None
+        return recipe._with_paths_resolved(base_dir)
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: list[str] = ()) -> "Recipe":
+        """Load a YAML recipe file, applying `--set dotted.key=value` overrides first."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = yaml.safe_load(handle)
+        except FileNotFoundError:
+            raise RecipeError(f"{path}: recipe file not found") from None
+        except IsADirectoryError:
+            raise RecipeError(f"{path}: is a folder; give the recipe's .yaml file") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise RecipeError(f"{path}:{where}: malformed YAML: {problem}") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path}: not a UTF-8 text file") from None
+        if raw is None:
+            raise RecipeError(f"{path}: the recipe is empty; it needs at least data.source")
+        for override in overrides:
+            apply_override(raw, override)
+        try:
+            return cls.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+        except RecipeError as error:
+            raise RecipeError(f"{path}: {error}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+    def _with_paths_resolved(self, base_dir: str) -> "Recipe":
+        def resolve(value: str | None) -> str | None:
+            if value is None or value.startswith("tfds:") or os.path.isabs(value):
+                return value
+            return os.path.normpath(os.path.join(base_dir, value))
+
+        data = self.data.model_copy()
+        data.source = resolve(data.source)
+        if isinstance(data.validation, str) and not self.data.source.startswith("tfds:"):
+            data.validation = resolve(data.validation)
+        data.class_names = resolve(data.class_names)
+        data.data_dir = resolve(data.data_dir)
+        model = self.model.model_copy()
+        if model.weights not in ("imagenet", "none"):
+            model.weights = resolve(model.weights)
+        return self.model_copy(update={"data": data, "model": model})
+
+
+# === Overrides ===
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `dotted.key=value` to a parsed recipe in place; the value is read as YAML."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {override!r}: expected dotted.key=value, e.g. train.head.epochs=1")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise RecipeError(f"--set {override!r}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# === Error messages ===
+
+
+def _describe(error: dict, raw: dict) -> str:
+    """One line from a pydantic error: dotted path, what is wrong, value received, a suggestion."""
+    loc = [part for part in error["loc"] if not _is_union_branch(part)]
+    path = ".".join(str(part) for part in loc) or "recipe"
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        known = list(_section_model(loc[:-1]).model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        return f"{path}: unknown key; {hint}"
+    if kind == "missing":
+        field = _section_model(loc[:-1]).model_fields[loc[-1]]
+        return f"{path}: required field missing ({field.description})"
+    field = _section_model(loc[:-1]).model_fields.get(loc[-1]) if loc else None
+    if field is not None and typing.get_origin(field.annotation) is Union:
+        return f"{path}: received {_short(value)}; expected {field.description}"
+    if kind == "literal_error":
+        choices = _literal_choices(loc)
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{path}: received {_short(value)}; expected one of {', '.join(map(repr, choices))}{hint}"
+    if kind == "model_type":
+        return f"{path}: expected a section (mapping), received {_short(value)}"
+    return f"{path}: received {_short(value)}; {error['msg'][0].lower()}{error['msg'][1:]}"
+
+
+def _is_union_branch(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in {"float", "str", "int", "bool"})
+
+
+def _section_model(loc: list) -> type[BaseModel]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return model
+
+
+def _literal_choices(loc: list) -> list[str]:
+    annotation = _section_model(loc[:-1]).model_fields[loc[-1]].annotation
+    return [str(choice) for choice in typing.get_args(annotation)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,238 @@
+"""The two-phase fit: train the head on the frozen backbone, then fine-tune the backbone's top.
+
+`fit(recipe)` is what `retail-vision fit` runs. Everything that can be wrong with the recipe,
+the data or the weights is found before the run directory is created, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import keras
+import numpy as np
+
+from retail_vision import backbones, run_directory
+from retail_vision.augment import build_augmenter
+from retail_vision.classifier import build_classifier, get_backbone
+from retail_vision.data.training_data import TrainingData, resolve_training_data
+from retail_vision.errors import RecipeError
+from retail_vision.freezing import BackboneFreezer, first_trainable_index
+from retail_vision.recipe import Recipe
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: str
+    model: keras.Model
+    metrics: dict
+    history: dict
+
+
+def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None) -> RunResult:
+    """Train a classifier as the recipe says and write its run directory.
+
+    `verbose`: Keras progress (0 silent, 1 bar, 2 a line per epoch); default: a bar on a terminal.
+    """
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    train_config = recipe.train
+    if train_config.head.epochs == 0 and train_config.fine_tune.epochs == 0:
+        raise RecipeError("train: head.epochs and fine_tune.epochs are both 0; nothing to train")
+    spec = backbones.get(recipe.model.backbone)
+    image_size = recipe.data.image_size or spec.input_size
+    _log(f"scanning data: {recipe.data.source}")
+    data = resolve_training_data(recipe.data, train_config.seed)
+    _log(
+        f"{len(data.class_names)} classes, {data.train_count} train / {data.validation_count} val images, "
+        f"{len(data.skipped)} skipped"
+    )
+    for skipped in data.skipped:
+        _log(f"  skipped {skipped.path}: {skipped.reason}")
+    class_weight = _class_weights(data) if train_config.class_weights == "auto" else None
+
+    keras.utils.set_random_seed(train_config.seed)
+    classifier = build_classifier(
+        recipe.model.backbone, len(data.class_names), recipe.model.weights, recipe.model.dropout, image_size,
+        name=_model_name(recipe.name),
+    )
+    backbone = get_backbone(classifier)
+    if train_config.fine_tune.epochs:
+        first_trainable_index(backbone, train_config.fine_tune.unfreeze)  # a bad layer name fails now
+
+    run_dir = run_directory.create(runs_dir or recipe.output.runs_dir, recipe.name)
+    _log(f"run directory: {run_dir}")
+    run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
+    run_directory.write_text(run_dir, run_directory.LABELS_FILE, "\n".join(data.class_names) + "\n")
+
+    train_ds, val_ds = data.datasets(
+        image_size, recipe.data.resize, train_config.batch_size, train_config.seed, recipe.data.cache
+    )
+    training_model = _with_augmentation(classifier, build_augmenter(recipe.augment, train_config.seed), image_size)
+    steps_per_epoch = math.ceil(data.train_count / train_config.batch_size)
+    best = BestWeights(classifier)
+    freezer = BackboneFreezer(backbone)
+    history: dict[str, list] = {}
+    phases = {}
+
+    # === Phase 1: the head on the frozen backbone ===
+    epochs_done = 0
+    if train_config.head.epochs:
+        freezer.freeze()
+        _compile(training_model, train_config, train_config.head.learning_rate, len(data.class_names))
+        phases["head"], epochs_done = _run_phase(
+            "head", training_model, train_ds, val_ds, epochs_done, train_config.head.epochs,
+            train_config, class_weight, best, run_dir, history, verbose, data.train_count,
+        )
+
+    # === Phase 2: fine-tune the top of the backbone at a low learning rate ===
+    fine_tune = train_config.fine_tune
+    if fine_tune.epochs:
+        first = freezer.unfreeze(fine_tune.unfreeze, fine_tune.batchnorm)
+        _log(
+            f"fine-tune: backbone layers {first}..{len(backbone.layers) - 1} trainable, "
+            f"BatchNorm {fine_tune.batchnorm}"
+        )
+        schedule = warmup_cosine(fine_tune.learning_rate, fine_tune.epochs * steps_per_epoch,
+                                 round(fine_tune.warmup_epochs * steps_per_epoch))
+        _compile(training_model, train_config, schedule, len(data.class_names))
+        phases["fine_tune"], epochs_done = _run_phase(
+            "fine_tune", training_model, train_ds, val_ds, epochs_done, fine_tune.epochs,
+            train_config, class_weight, best, run_dir, history, verbose, data.train_count,
+        )
+
+    # === The best classifier, saved without augmentation ===
+    freezer.restore()
+    best.restore()
+    final = training_model.evaluate(val_ds, verbose=0, return_dict=True)
+    classifier.save(f"{run_dir}/{run_directory.MODEL_FILE}")  # never compiled itself: no optimizer inside
+    metrics = {
+        "val_top1": float(final["accuracy"]),
+        "val_top5": float(final["top5"]),
+        "best_epoch": best.epoch,
+        "phases": phases,
+        "classes": len(data.class_names),
+        "train_images": data.train_count,
+        "val_images": data.validation_count,
+        "skipped_files": [dataclasses.asdict(s) for s in data.skipped],
+        "image_size": image_size,
+        "backbone": recipe.model.backbone,
+    }
+    run_directory.write_json(run_dir, run_directory.HISTORY_FILE, history)
+    run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
+    _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")
+    return RunResult(run_dir, classifier, metrics, history)
+
+
+def _run_phase(name, model, train_ds, val_ds, initial_epoch, epochs, train_config, class_weight, best,
+               run_dir, history, verbose, train_count):
+    _log(f"phase {name}: {epochs} epochs")
+    callbacks = [best, keras.callbacks.TensorBoard(f"{run_dir}/logs/{name}", write_graph=False, profile_batch=0)]
+    if train_config.early_stopping.patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=train_config.early_stopping.patience, restore_best_weights=True
+            )
+        )
+    started = time.perf_counter()
+    result = model.fit(
+        train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=initial_epoch + epochs,
+        class_weight=class_weight, callbacks=callbacks, verbose=verbose,
+        shuffle=False,  # the tf.data pipeline already shuffles, seeded
+    )
+    wall = time.perf_counter() - started
+    ran = len(result.history.get("loss", []))
+    for key, values in result.history.items():
+        history.setdefault(key, []).extend(float(v) for v in values)
+    history.setdefault("phase", []).extend([name] * ran)
+    summary = {
+        "epochs": ran,
+        "val_top1": float(result.history["val_accuracy"][-1]),
+        "val_top5": float(result.history["val_top5"][-1]),
+        "best_val_top1": float(max(result.history["val_accuracy"])),
+        "wall_s": round(wall, 2),
+        "images_per_s": round(train_count * ran / wall, 1),
+    }
+    return summary, initial_epoch + ran
+
+
+def _with_augmentation(classifier: keras.Model, augmenter, image_size: int) -> keras.Model:
+    """The model that `fit` trains: augmentation (active only in training) in front of the classifier.
+
+    The classifier is wrapped even without augmentation, so it is never compiled itself and
+    its saved file carries no optimizer state.
+    """
+    images = keras.Input(shape=(image_size, image_size, 3), name="image")
+    augmented = augmenter(images) if augmenter is not None else images
+    return keras.Model(images, classifier(augmented), name="training_model")
+
+
+def _compile(model, train_config, learning_rate, num_classes: int) -> None:
+    model.compile(
+        optimizer=_optimizer(train_config, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing),
+        metrics=_metrics(num_classes),
+    )
+
+
+def _metrics(num_classes: int) -> list:
+    return ["accuracy", keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5")]
+
+
+def _optimizer(train_config, learning_rate):
+    if train_config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=train_config.weight_decay)
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int):
+    """Linear warmup from 0 to `peak`, then cosine decay to 0 at `total_steps`."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(total_steps, 1))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(total_steps - warmup_steps, 1), warmup_target=peak, warmup_steps=warmup_steps
+    )
+
+
+def _class_weights(data: TrainingData) -> dict[int, float]:
+    """Inverse class frequency, scaled so that the average weight per image is 1."""
+    counts = data.train_class_counts()
+    if not counts:
+        raise RecipeError("train.class_weights: 'auto' needs a folder or manifest source; use 'none' for TFDS")
+    total, k = sum(counts.values()), len(counts)
+    return {i: total / (k * max(count, 1)) for i, count in enumerate(counts.values())}
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keep the classifier weights of the best val accuracy seen in any phase, keyed by variable path."""
+
+    def __init__(self, classifier: keras.Model):
+        super().__init__()
+        self.classifier = classifier
+        self.best = -np.inf
+        self.epoch = None
+        self._weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get("val_accuracy")
+        if score is not None and score > self.best:
+            self.best, self.epoch = score, epoch + 1
+            self._weights = {v.path: v.numpy() for v in self.classifier.weights}
+
+    def restore(self):
+        if self._weights is not None:
+            for variable in self.classifier.weights:
+                variable.assign(self._weights[variable.path])
+
+
+def _model_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "classifier"
+
+
+def _log(message: str) -> None:
+    print(f"[retail-vision] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,164 @@
+"""Data sources, the scan and the tf.data pipeline, on synthetic photos written by the tests."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retail_vision.data import sources
+from retail_vision.data.scan import check_image, scan
+from retail_vision.errors import DataError
+
+from conftest import synthetic_image, write_class_folders
+
+
+def test_class_is_the_leaf_folder_at_any_depth(image_folder):
+    examples = sources.load_examples(str(image_folder))
+    assert examples.class_names == ["red-apple", "green-pear", "blue-carton"]  # sorted by folder path
+    assert len(examples) == 24
+    assert set(examples.counts().values()) == {8}
+    for path, label in zip(examples.paths, examples.labels):
+        assert f"/{examples.class_names[label]}/" in path
+
+
+def test_repeated_leaf_names_keep_their_parent_path(tmp_path):
+    for group in ("Fruit", "Juice"):
+        for leaf in ("Apple", f"Only-{group}"):
+            folder = tmp_path / group / leaf
+            folder.mkdir(parents=True)
+            synthetic_image((10, 10, 10)).save(folder / "a.jpg")
+    names = sources.load_examples(str(tmp_path)).class_names
+    assert names == ["Fruit/Apple", "Only-Fruit", "Juice/Apple", "Only-Juice"]
+
+
+def test_manifest_with_label_names_relative_paths_and_header(image_folder):
+    manifest = image_folder / "list.csv"
+    rows = ["path,label"] + [f"Fruit/green-pear/green-pear_00{i}.jpg,pear" for i in range(3)]
+    rows += [f"Packages/blue-carton/blue-carton_00{i}.jpg,carton" for i in range(2)]
+    manifest.write_text("\n".join(rows) + "\n")
+    examples = sources.load_examples(str(manifest))
+    assert examples.class_names == ["carton", "pear"]
+    assert examples.labels == [1, 1, 1, 0, 0]
+    assert examples.paths[0] == str(image_folder / "Fruit/green-pear/green-pear_000.jpg")
+
+
+def test_manifest_with_label_ids_and_a_class_name_file(image_folder):
+    (image_folder / "classes.csv").write_text("Class Name (str),Class ID (int)\npear,0\ncarton,1\n")
+    (image_folder / "train.txt").write_text(
+        "Fruit/green-pear/green-pear_000.jpg, 0, 9\nPackages/blue-carton/blue-carton_000.jpg, 1, 9\n"
+    )
+    examples = sources.load_examples(str(image_folder / "train.txt"), str(image_folder / "classes.csv"))
+    assert examples.class_names == ["pear", "carton"] and examples.labels == [0, 1]
+    with pytest.raises(DataError, match="labels are ids; set data.class_names"):
+        sources.load_examples(str(image_folder / "train.txt"))
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class(image_folder):
+    examples = sources.load_examples(str(image_folder))
+    train, val = sources.stratified_split(examples, 0.25, seed=1)
+    again_train, again_val = sources.stratified_split(examples, 0.25, seed=1)
+    other_train, other_val = sources.stratified_split(examples, 0.25, seed=2)
+    assert val.paths == again_val.paths and val.paths != other_val.paths
+    assert set(val.counts().values()) == {2} and set(train.counts().values()) == {6}
+    assert not set(train.paths) & set(val.paths)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root.mkdir(), "no images found"),
+        (lambda root: write_class_folders(root, nested=False) and (root / "empty").mkdir(), "empty class folder"),
+        (lambda root: _one_class(root), "a classifier needs at least 2 class folders"),
+    ],
+)
+def test_bad_folders_are_data_errors(tmp_path, make, message):
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(DataError, match=message):
+        sources.load_examples(str(root))
+
+
+def _one_class(root):
+    (root / "only").mkdir(parents=True)
+    synthetic_image((1, 2, 3)).save(root / "only" / "a.jpg")
+
+
+def test_missing_source_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no such folder or manifest"):
+        sources.load_examples(str(tmp_path / "nope"))
+
+
+def test_validation_class_unknown_to_train_is_an_error(image_folder, tmp_path):
+    val = tmp_path / "val" / "mango"
+    val.mkdir(parents=True)
+    synthetic_image((1, 2, 3)).save(val / "a.jpg")
+    train = sources.load_examples(str(image_folder))
+    with pytest.raises(DataError, match="classes not in the training data: mango"):
+        sources.load_examples(str(tmp_path / "val"), known_classes=train.class_names)
+
+
+def test_scan_skips_broken_files_and_says_why(image_folder):
+    folder = image_folder / "Fruit" / "green-pear"
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not a photo")
+    good = (folder / "green-pear_000.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    examples = sources.load_examples(str(image_folder))
+    usable, skipped = scan(examples)
+    reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in skipped}
+    assert reasons.keys() == {"zero.jpg", "text.jpg", "truncated.jpg"}
+    assert reasons["zero.jpg"] == "zero-byte file"
+    assert reasons["text.jpg"] == "not an image"
+    assert "unreadable" in reasons["truncated.jpg"]
+    assert len(usable) == 24
+
+
+def test_scan_rejects_formats_the_pipeline_cannot_decode(tmp_path):
+    synthetic_image((9, 9, 9)).save(tmp_path / "photo.jpg", "TIFF")
+    assert "unsupported format TIFF" in check_image(str(tmp_path / "photo.jpg"))
+
+
+@pytest.mark.parametrize(
+    "mode, fmt, name",
+    [("L", "PNG", "gray.png"), ("RGBA", "PNG", "alpha.png"), ("RGB", "BMP", "photo.bmp"), ("P", "GIF", "anim.gif"),
+     ("RGB", "JPEG", "photo.jpg")],
+)
+def test_pipeline_decodes_every_format_to_rgb(tmp_path, mode, fmt, name):
+    import tensorflow as tf
+
+    from retail_vision.data.pipeline import load_and_resize
+
+    image = synthetic_image((200, 40, 40), size=(60, 30), mode=mode)
+    extra = {"save_all": True, "append_images": [synthetic_image((0, 0, 0), size=(60, 30), mode=mode)]} if fmt == "GIF" else {}
+    image.save(tmp_path / name, fmt, **extra)
+    out = load_and_resize(tf.constant(str(tmp_path / name)), 24, "crop").numpy()
+    assert out.shape == (24, 24, 3) and out.dtype == np.float32
+    if mode != "L":  # the first frame, with its red cast, is what we read
+        assert out[..., 0].mean() > out[..., 2].mean() + 50
+
+
+def test_resize_keeps_aspect_ratio_by_cropping_or_padding():
+    import tensorflow as tf
+
+    from retail_vision.data.pipeline import resize_image
+
+    wide = tf.fill([20, 40, 3], tf.constant(255, tf.uint8))
+    cropped = resize_image(wide, 10, "crop").numpy()
+    padded = resize_image(wide, 10, "pad").numpy()
+    assert cropped.shape == padded.shape == (10, 10, 3)
+    assert cropped.min() > 250  # the center crop is all image
+    assert padded[0].max() == 0 and padded[5].min() > 250  # bands of padding above and below
+
+
+def test_pipeline_batches_one_hot_labels_with_a_seeded_shuffle(image_folder):
+    from retail_vision.data.pipeline import batched, files_dataset
+
+    examples = sources.load_examples(str(image_folder))
+
+    def first_labels(seed):
+        ds = batched(files_dataset(examples, 16, "crop"), 3, 24, True, seed, True, len(examples))
+        images, labels = next(iter(ds))
+        assert images.shape == (24, 16, 16, 3) and labels.shape == (24, 3)
+        return np.argmax(labels.numpy(), axis=1).tolist()
+
+    assert first_labels(3) == first_labels(3)
+    assert first_labels(3) != first_labels(4)

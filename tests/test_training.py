@@ -1,0 +1,88 @@
+"""The two-phase fit on synthetic photos with a tiny backbone: run directory, phases, freezing."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from retail_vision import Recipe, fit
+from retail_vision.classifier import build_classifier, get_backbone
+from retail_vision.freezing import BackboneFreezer
+
+from conftest import TINY_BACKBONE, tiny_recipe
+
+
+def run(image_folder, tmp_path, **sections):
+    return fit(Recipe.from_dict(tiny_recipe(image_folder, tmp_path / "runs", **sections)), verbose=0)
+
+
+def test_fit_trains_both_phases_and_writes_the_run_directory(image_folder, tmp_path):
+    result = run(image_folder, tmp_path, augment={"enabled": True})
+    files = {p.name for p in (tmp_path / "runs").glob("*/*")}
+    assert {"recipe.yaml", "labels.txt", "model.keras", "history.json", "metrics.json", "logs"} <= files
+    metrics = json.loads((tmp_path / "runs").glob("*/metrics.json").__next__().read_text())
+    assert metrics["phases"]["head"]["epochs"] == 2 and metrics["phases"]["fine_tune"]["epochs"] == 2
+    assert metrics["train_images"] == 18 and metrics["val_images"] == 6 and metrics["classes"] == 3
+    assert metrics["val_top1"] > 0.5  # colours are easy; chance is 1/3
+    history = json.loads(next((tmp_path / "runs").glob("*/history.json")).read_text())
+    assert history["phase"] == ["head", "head", "fine_tune", "fine_tune"]
+    labels = next((tmp_path / "runs").glob("*/labels.txt")).read_text().split()
+    assert labels == ["red-apple", "green-pear", "blue-carton"]
+    saved = keras.saving.load_model(next((tmp_path / "runs").glob("*/model.keras")), safe_mode=True)
+    assert not any(layer.name == "augment" or "random" in layer.name for layer in saved.layers)
+    assert saved.output_shape == (None, 3)
+
+
+def test_frozen_backbone_gives_inference_features_in_the_train_step():
+    classifier = build_classifier(TINY_BACKBONE, 3, "none", dropout=0.0, image_size=32)
+    backbone = get_backbone(classifier)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    # Unfrozen, the train step runs drop-connect and batch statistics: outputs differ from inference.
+    assert not np.allclose(backbone(images, training=True), backbone(images, training=False), atol=1e-4)
+    BackboneFreezer(backbone).freeze()
+    inference = backbone(images, training=False)
+    np.testing.assert_allclose(backbone(images, training=True), inference, atol=1e-6)
+    np.testing.assert_allclose(backbone(images, training=True), inference, atol=1e-6)
+
+
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_batchnorm_statistics_move_only_when_the_recipe_says_train(image_folder, tmp_path, batchnorm):
+    # Fine-tune only, so the saved (best) weights are the fine-tuned ones.
+    result = run(image_folder, tmp_path, train={**tiny_recipe("", "")["train"], "head": {"epochs": 0},
+                                                "fine_tune": {"epochs": 1, "batchnorm": batchnorm}})
+    bn = get_backbone(result.model).get_layer("bn1")
+    moved = not np.allclose(bn.moving_mean.numpy(), 0.0) or not np.allclose(bn.moving_variance.numpy(), 1.0)
+    assert moved == (batchnorm == "train")
+    # Drop-connect is restored in the saved architecture whatever the phase switched off.
+    assert get_backbone(result.model).get_layer("drop_connect").rate == pytest.approx(0.3)
+
+
+def test_unfreeze_top_n_leaves_lower_layers_frozen():
+    classifier = build_classifier(TINY_BACKBONE, 3, "none", image_size=32)
+    backbone = get_backbone(classifier)
+    freezer = BackboneFreezer(backbone)
+    freezer.freeze()
+    first = freezer.unfreeze(3, "frozen")  # conv2, bn2, relu2
+    assert [layer.name for layer in backbone.layers[first:]] == ["conv2", "bn2", "relu2"]
+    assert backbone.get_layer("conv2").trainable and not backbone.get_layer("conv1").trainable
+    assert not backbone.get_layer("bn2").trainable  # BatchNorm frozen on purpose
+    assert backbone.get_layer("drop_connect").rate == 0.0  # below the unfrozen top: stays off
+    assert freezer.unfreeze("drop_connect", "train") == 4
+    assert backbone.get_layer("drop_connect").rate == pytest.approx(0.3)
+    assert backbone.get_layer("bn2").trainable
+
+
+def test_head_only_fit_with_class_weights_and_early_stopping(image_folder, tmp_path):
+    result = run(image_folder, tmp_path, train={
+        **tiny_recipe("", "")["train"], "class_weights": "auto", "early_stopping": {"patience": 1},
+        "head": {"epochs": 3, "learning_rate": 0.05}, "fine_tune": {"epochs": 0}})
+    assert list(result.metrics["phases"]) == ["head"]
+    assert 1 <= result.metrics["phases"]["head"]["epochs"] <= 3
+
+
+def test_manifest_source_trains(image_folder, tmp_path):
+    rows = [f"{p.relative_to(image_folder)},{p.parent.name}" for p in sorted(image_folder.rglob("*.jpg"))]
+    (image_folder / "all.csv").write_text("\n".join(rows))
+    result = run(image_folder / "all.csv", tmp_path, train={**tiny_recipe("", "")["train"], "fine_tune": {"epochs": 0}})
+    assert result.metrics["train_images"] + result.metrics["val_images"] == 24
