@@ -16,17 +16,20 @@ BAD_INPUT = 2
 
 
 def _user_errors_exit_2(command):
-    """Turn a UserError into a one-line message on stderr and exit status 2."""
+    """A UserError becomes one line on stderr and exit 2; a failed parity gate, one line and exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from retail_vision.errors import UserError
+        from retail_vision.errors import ParityError, UserError
 
         try:
             return command(*args, **kwargs)
         except UserError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(BAD_INPUT)
+        except ParityError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -87,6 +90,83 @@ def check(recipe, overrides):
         smallest = min(counts, key=counts.get)
         largest = max(counts, key=counts.get)
         click.echo(f"per class:  {counts[smallest]} ({smallest}) to {counts[largest]} ({largest}) train images")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (the metrics) on stdout.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write report.md, metrics.json, predictions.csv and the plots to this folder.")
+@click.option("--class-names", type=click.Path(dir_okay=False), help="Class-name file for a manifest of label ids.")
+@click.option("--hierarchy", type=click.Path(dir_okay=False),
+              help="Fine -> coarse CSV like Grocery Store's classes.csv (default: one found next to DATA).")
+@_user_errors_exit_2
+def evaluate(model, data, as_json, report_dir, class_names, hierarchy):
+    """Score MODEL (run dir, .keras, SavedModel, .tflite) on DATA (folder or manifest)."""
+    import json
+
+    _quiet_tensorflow()
+    from retail_vision.evaluate import evaluate as run_evaluate
+    from retail_vision.evaluation.report import format_summary
+
+    results = run_evaluate(model, data, report_dir=report_dir, class_names=class_names, hierarchy=hierarchy)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(format_summary(results))
+        if report_dir:
+            click.echo(f"report:  {report_dir}/report.md")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--output", default="exported_models", show_default=True, help="Folder of exported models.")
+@click.option("--name", help="Model name (default: the recipe's name, or the .keras file's).")
+@click.option("--tflite", is_flag=True, help="Also write TFLite files (all four kinds unless --quantize).")
+@click.option("--quantize", help="Comma-separated TFLite kinds: float32,float16,dynamic,int8.")
+@click.option("--data", type=click.Path(exists=True), help="Held-out images (folder or manifest) for the parity check.")
+@click.option("--allow-drop", is_flag=True, help="Publish even if int8 loses more than export.max_int8_drop points.")
+@click.option("--max-int8-drop", type=float, default=1.0, show_default=True, help="Allowed int8 top-1 drop, points.")
+@_user_errors_exit_2
+def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_drop):
+    """Export MODEL (run dir or .keras) for TF Serving and, with --tflite, for devices."""
+    _quiet_tensorflow()
+    from retail_vision.export import export_model
+
+    kinds = tuple(k.strip() for k in quantize.split(",") if k.strip()) if quantize else ()
+    if tflite and not kinds:
+        kinds = ("float32", "float16", "dynamic", "int8")
+    result = export_model(model, output=output, name=name, tflite_kinds=kinds, data=data,
+                          allow_drop=allow_drop, max_int8_drop=max_int8_drop)
+    click.echo(result.version_dir)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_user_errors_exit_2
+def predict(model, images, top_k, as_json):
+    """Predict the classes of IMAGES (files or folders) with MODEL (run dir, .keras, SavedModel, .tflite)."""
+    import json
+
+    _quiet_tensorflow()
+    from retail_vision.predict import as_json as to_json
+    from retail_vision.predict import predict as run_predict
+
+    predictions, failures = run_predict(model, list(images), top_k=top_k)
+    if as_json:
+        click.echo(json.dumps(to_json(predictions, failures), indent=2))
+    else:
+        for prediction in predictions:
+            ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
+            click.echo(f"{prediction.file}: {ranked}")
+    for file, reason in failures:
+        click.echo(f"error: {file}: {reason}", err=True)
+    if failures:
+        sys.exit(BAD_INPUT)
 
 
 @main.command(name="backbones")

@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class WeightsError(UserError):
     """Pretrained weights are missing (offline, not cached) or do not match the backbone."""
+
+
+class ParityError(Exception):
+    """An exported artifact failed its parity gate (exit 1): e.g. int8 lost too much accuracy."""

@@ -100,6 +100,16 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="per phase")
 
 
+class ExportConfig(_Section):
+    enabled: bool = Field(False, description="export at the end of `fit` (as `retail-vision export RUN_DIR` would)")
+    output: str = Field("exported_models", description="folder of exported models: <output>/<name>/<version>/")
+    tflite: list[Literal["float32", "float16", "dynamic", "int8"]] = Field(
+        default_factory=list, description="TFLite files to write besides the SavedModel"
+    )
+    max_int8_drop: float = Field(1.0, ge=0.0, le=100.0, description="int8 top-1 may lose at most this many points")
+    calibration_images: int = Field(200, ge=1, description="training images that calibrate int8 (seeded sample)")
+
+
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
 
@@ -110,6 +120,7 @@ class Recipe(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="backbone and head")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training-time augmentation")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the two training phases")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="artifacts written after training")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
 
     # === Loading ===

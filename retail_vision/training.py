@@ -122,7 +122,21 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, history)
     run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
+    if data.validation is not None:  # TFDS sources have no files to report on
+        from retail_vision.evaluate import write_run_report
+
+        write_run_report(run_dir, classifier, data.class_names, data.validation, recipe.data.resize)
     _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")
+    if recipe.export.enabled:
+        from retail_vision.export import export_model
+
+        exported = export_model(
+            run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
+            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
+            seed=train_config.seed,
+        )
+        metrics["export"] = exported.version_dir
+        run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
     return RunResult(run_dir, classifier, metrics, history)
 
 

@@ -1,0 +1,225 @@
+"""`evaluate(model, data)`: the numbers and pictures to look at before shipping a classifier.
+
+The metrics dict (returned, written to metrics.json, printed by `retail-vision evaluate --json`):
+
+    model              the MODEL argument (for a run's own report: its run directory)
+    data               the DATA argument (for a run's own report: where its validation images are)
+    images             images scored
+    skipped_files      [{path, reason}]: unreadable images, left out of every number
+    classes            the model's class count
+    hierarchy          the fine -> coarse CSV used for coarse_top1, or null
+    top1               share of images whose most probable class is the true one
+    top5               share whose true class is among the 5 most probable (all, if fewer classes)
+    macro_precision    unweighted mean over the classes that have images in DATA
+    macro_recall       same; equals balanced_accuracy
+    macro_f1           same
+    balanced_accuracy  mean recall over the classes that have images in DATA
+    log_loss           mean -ln p(true class), p clipped to [1e-15, 1 - 1e-15]
+    ece                expected calibration error: 15 equal-width bins of top-1 confidence
+    coarse_top1        share of predictions in the true class's coarse group (Apple for Granny-Smith);
+                       null without a hierarchy
+    per_class          {class: {precision, recall, f1, support}} for every model class, in label order;
+                       null where undefined (recall and f1 of a class DATA has no images of)
+    top_confusions     [{true, predicted, count}], most frequent first, at most 20
+
+Ties between equal probabilities go to the lowest class index, as numpy's argmax.
+DATA's class names are matched to the model's labels by name, so any folder or manifest whose
+classes the model knows can be scored, in any order and with any subset of the classes.
+A Grocery-Store-style `classes.csv` (fine name, fine id, coarse name, ...) in DATA's folder or up
+to two folders above it is used as the hierarchy unless one is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from retail_vision import run_directory
+from retail_vision.data import sources
+from retail_vision.errors import DataError, UserError
+from retail_vision.evaluation import metrics as metrics_lib
+
+HIERARCHY_FILE = "classes.csv"
+HIERARCHY_SEARCH_DEPTH = 3  # DATA's folder, its parent, its grandparent: grocery_store/val/Fruit -> grocery_store
+REPORT_FOLDER = "report"
+
+
+def evaluate(model: str, data: str, report_dir: str | None = None, class_names: str | None = None,
+             hierarchy: str | None = None, top_k: int = 5, batch_size: int = 32) -> dict:
+    """Score MODEL (any artifact `load_predictor` takes) on DATA (a folder or a manifest).
+
+    Writes a report folder when `report_dir` is given; returns the metrics dict described above.
+    `class_names` is the class-name file for a manifest whose labels are ids.
+    """
+    from retail_vision.artifacts import load_predictor
+
+    _check_positive(top_k=top_k, batch_size=batch_size)
+    predictor = load_predictor(model)
+    examples = matched_examples(sources.load_examples(data, class_names), predictor.labels, data, model)
+    coarse_of, hierarchy_file = _hierarchy(hierarchy, data, predictor.labels)
+    return _score(
+        predictor.predict, predictor.labels, predictor.image_size, predictor.resize, examples,
+        description={"model": model, "data": data, "hierarchy": hierarchy_file}, coarse_of=coarse_of,
+        groups=coarse_of or _folder_groups(examples, data), history=_read_history(model),
+        report_dir=report_dir, top_k=top_k, batch_size=batch_size,
+    )
+
+
+def write_run_report(run_dir: str, model, labels: list[str], validation_examples: sources.Examples,
+                     resize: str) -> dict:
+    """Evaluate a just-trained keras model on its validation Examples into `<run_dir>/report/`.
+
+    Call it after history.json is written, so the report shows the training curves too.
+    """
+    root = os.path.commonpath([os.path.dirname(path) for path in validation_examples.paths])
+    examples = matched_examples(validation_examples, labels, root, run_dir)
+    coarse_of, hierarchy_file = _hierarchy(None, root, labels)
+
+    def predict(images):
+        return np.asarray(model.predict_on_batch(np.asarray(images, np.float32)))
+
+    return _score(
+        predict, labels, int(model.input_shape[1]), resize, examples,
+        description={"model": run_dir, "data": root, "hierarchy": hierarchy_file}, coarse_of=coarse_of,
+        groups=coarse_of or _folder_groups(examples, root), history=_read_history(run_dir),
+        report_dir=os.path.join(run_dir, REPORT_FOLDER), top_k=5, batch_size=32,
+    )
+
+
+def _score(predict, labels, image_size, resize, examples, description, coarse_of, groups, history,
+           report_dir, top_k, batch_size) -> dict:
+    probs, kept, skipped = _predict_files(predict, examples.paths, image_size, resize, batch_size)
+    if not kept:
+        first = skipped[0]
+        raise DataError(f"{description['data']}: none of the {len(skipped)} images could be read "
+                        f"(first: {first['path']}: {first['reason']})")
+    paths = [examples.paths[i] for i in kept]
+    y_true = np.array([examples.labels[i] for i in kept])
+    results = {**description, "images": len(kept), "skipped_files": skipped, "classes": len(labels),
+               **metrics_lib.compute(y_true, probs, labels, coarse_of)}
+    if report_dir:
+        from retail_vision.evaluation.report import write_report  # matplotlib only when a report is asked for
+
+        write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history)
+    return results
+
+
+def _predict_files(predict, paths, image_size, resize, batch_size):
+    """Load and predict in batches (a whole val set of decoded photos would not fit in memory).
+
+    Returns (probs [N, C] of the readable files, their indices into `paths`, skipped files).
+    """
+    from retail_vision.artifacts import load_images
+
+    all_probs, kept, skipped = [], [], []
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start:start + batch_size]
+        images, failures = load_images(batch, image_size, resize)
+        failed = {path for path, _ in failures}
+        skipped += [{"path": path, "reason": reason} for path, reason in failures]
+        kept += [start + i for i, path in enumerate(batch) if path not in failed]
+        if len(images):
+            all_probs.append(np.asarray(predict(images), dtype=np.float64))
+    probs = np.concatenate(all_probs) if all_probs else np.zeros((0, 0))
+    return probs, kept, skipped
+
+
+def matched_examples(examples: sources.Examples, labels: list[str], data: str, model: str) -> sources.Examples:
+    """Relabel `examples` to index the model's `labels`, matching class names; unknown names are an error."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = [name for name in examples.class_names if name not in index]
+    if unknown:
+        raise DataError(
+            f"{data}: {len(unknown)} class(es) the model does not know: {', '.join(unknown)} "
+            f"(model {model} has {len(labels)} classes: {_preview(labels)})"
+        )
+    relabelled = [index[examples.class_names[label]] for label in examples.labels]
+    return sources.Examples(list(examples.paths), relabelled, list(labels))
+
+
+# === Hierarchy: fine class -> coarse group ===
+
+def find_hierarchy(data: str) -> str | None:
+    """A `classes.csv` in DATA's folder or up to two folders above it (e.g. grocery_store/ for grocery_store/val)."""
+    folder = os.path.abspath(data if os.path.isdir(data) else os.path.dirname(data))
+    for _ in range(HIERARCHY_SEARCH_DEPTH):
+        candidate = os.path.join(folder, HIERARCHY_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+        folder = os.path.dirname(folder)
+    return None
+
+
+def read_hierarchy(path: str) -> dict[str, str]:
+    """Rows `fine name, fine id, coarse name, ...` with an optional header, like Grocery Store's classes.csv."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: hierarchy file not found")
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.reader(handle, skipinitialspace=True) if row and row[0].strip()]
+    if rows and len(rows[0]) >= 2 and not rows[0][1].strip().isdigit():
+        rows = rows[1:]  # the header
+    bad = next((n for n, row in enumerate(rows, 1) if len(row) < 3 or not row[2].strip()), None)
+    if not rows or bad is not None:
+        raise DataError(f"{path}: expected rows 'fine name, fine id, coarse name, ...' "
+                        f"(like Grocery Store's classes.csv); row {bad or 1} is not")
+    return {row[0].strip(): row[2].strip() for row in rows}
+
+
+def _hierarchy(explicit: str | None, data: str, labels: list[str]) -> tuple[dict[str, str] | None, str | None]:
+    """(fine -> coarse for every model label, the file), or (None, None) without a usable hierarchy.
+
+    An explicit file must cover every model class; an auto-detected one that does not is ignored
+    with a note on stderr, since it may belong to a different dataset.
+    """
+    path = explicit or find_hierarchy(data)
+    if path is None:
+        return None, None
+    try:
+        coarse_of = read_hierarchy(path)
+        missing = [name for name in labels if name not in coarse_of]
+        if missing:
+            raise DataError(f"{path}: no coarse class for {len(missing)} model class(es): {_preview(missing)}")
+    except DataError as error:
+        if explicit:
+            raise
+        print(f"[retail-vision] not using the hierarchy found next to the data: {error}", file=sys.stderr)
+        return None, None
+    return {name: coarse_of[name] for name in labels}, path
+
+
+def _folder_groups(examples: sources.Examples, data: str) -> dict[str, str] | None:
+    """Class -> top-level folder under DATA (Fruit, Packages...), to order the confusion matrix."""
+    if not os.path.isdir(data):
+        return None
+    groups = {}
+    for path, label in zip(examples.paths, examples.labels):
+        relative = os.path.relpath(path, data).replace(os.sep, "/").split("/")
+        groups.setdefault(examples.class_names[label], relative[0] if len(relative) > 2 else "")
+    return groups
+
+
+# === Small helpers ===
+
+def _read_history(model: str) -> dict | None:
+    """The run's history.json when MODEL is a run directory or a file inside one."""
+    folder = model if os.path.isdir(model) else os.path.dirname(model)
+    path = os.path.join(folder, run_directory.HISTORY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{name}: received {value!r}; expected a whole number >= 1")
+
+
+def _preview(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

@@ -1,0 +1,152 @@
+"""Write an evaluation report folder and format the summary table the CLI prints.
+
+    <report_dir>/
+        report.md              the summary, tables and every picture, readable on GitHub or in an IDE
+        metrics.json           the metrics dict of `retail_vision.evaluate` (keys documented there)
+        predictions.csv        file,true,predicted,confidence,top_k   (top_k: 'label:prob|label:prob...')
+        confusion_matrix.csv   counts; rows true classes, columns predicted classes, model label order
+        confusion_matrix.png, worst_mistakes.png, reliability.png
+        training_curves.png    only when the model comes with its run's history.json
+
+No TensorFlow here: the report is built from file paths, labels and probabilities.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from retail_vision.evaluation import metrics as metrics_lib
+from retail_vision.evaluation import plots
+
+WORST_MISTAKES = 16
+CONFUSIONS_SHOWN = 10
+
+PICTURES = {  # file -> section title, in report order
+    "confusion_matrix.png": "Confusion matrix",
+    "worst_mistakes.png": "Most confident mistakes",
+    "reliability.png": "Calibration",
+    "training_curves.png": "Training curves",
+}
+
+
+def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs, labels: list[str],
+                 top_k: int = 5, groups: dict[str, str] | None = None, history: dict | None = None) -> None:
+    """Write every file of the report; `results` is the metrics dict, `groups` orders the matrix."""
+    os.makedirs(report_dir, exist_ok=True)
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1)
+    matrix = metrics_lib.confusion_matrix(y_true, y_pred, len(labels))
+    _write_json(os.path.join(report_dir, "metrics.json"), results)
+    _write_predictions(os.path.join(report_dir, "predictions.csv"), paths, y_true, probs, labels, top_k)
+    _write_matrix(os.path.join(report_dir, "confusion_matrix.csv"), matrix, labels)
+
+    plots.plot_confusion_matrix(matrix, labels, os.path.join(report_dir, "confusion_matrix.png"), groups)
+    wrong = _most_confident_mistakes(y_true, probs)
+    plots.plot_worst_mistakes(
+        [paths[i] for i in wrong], [labels[y_true[i]] for i in wrong], [labels[y_pred[i]] for i in wrong],
+        [float(probs[i].max()) for i in wrong], os.path.join(report_dir, "worst_mistakes.png"),
+    )
+    plots.plot_reliability(metrics_lib.calibration_bins(y_true, probs), results["ece"],
+                           os.path.join(report_dir, "reliability.png"))
+    if history and history.get("loss"):
+        plots.plot_training_curves(history, os.path.join(report_dir, "training_curves.png"))
+    pictures = [name for name in PICTURES if os.path.isfile(os.path.join(report_dir, name))]
+    with open(os.path.join(report_dir, "report.md"), "w", encoding="utf-8") as handle:
+        handle.write(markdown(results, pictures))
+
+
+def _most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, limit: int = WORST_MISTAKES) -> list[int]:
+    wrong = np.flatnonzero(probs.argmax(axis=1) != y_true)
+    return wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")][:limit].tolist()
+
+
+def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
+    ranked = metrics_lib.ranked_classes(probs, min(top_k, len(labels)))
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "predicted", "confidence", "top_k"])
+        for file, true, row, classes in zip(paths, y_true, probs, ranked):
+            top = "|".join(f"{labels[c]}:{row[c]:.4f}" for c in classes)
+            writer.writerow([file, labels[true], labels[classes[0]], f"{row[classes[0]]:.6f}", top])
+
+
+def _write_matrix(path, matrix, labels) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true \\ predicted", *labels])
+        writer.writerows([name, *row] for name, row in zip(labels, matrix.tolist()))
+
+
+def _write_json(path, value) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2)
+        handle.write("\n")
+
+
+# === Text: report.md and the CLI table ===
+
+SUMMARY_ROWS = [  # (key, label, format)
+    ("top1", "top-1 accuracy", "{:.2%}"),
+    ("top5", "top-5 accuracy", "{:.2%}"),
+    ("coarse_top1", "coarse top-1 (right group)", "{:.2%}"),
+    ("balanced_accuracy", "balanced accuracy", "{:.2%}"),
+    ("macro_precision", "macro precision", "{:.3f}"),
+    ("macro_recall", "macro recall", "{:.3f}"),
+    ("macro_f1", "macro F1", "{:.3f}"),
+    ("log_loss", "log loss", "{:.3f}"),
+    ("ece", "expected calibration error", "{:.3f}"),
+]
+
+
+def summary_rows(results: dict) -> list[tuple[str, str]]:
+    return [(label, fmt.format(results[key]) if results.get(key) is not None else "n/a (no hierarchy)")
+            for key, label, fmt in SUMMARY_ROWS]
+
+
+def format_summary(results: dict, confusions: int = CONFUSIONS_SHOWN) -> str:
+    """The plain-text table `retail-vision evaluate` prints, top confusions as 'true -> predicted: n'."""
+    lines = [f"model:   {results['model']}", f"data:    {results['data']}",
+             f"images:  {results['images']} ({len(results['skipped_files'])} skipped)", ""]
+    rows = summary_rows(results)
+    width = max(len(label) for label, _ in rows)
+    lines += [f"{label.ljust(width)}  {value}" for label, value in rows]
+    lines += ["", "top confusions (true -> predicted: images):"]
+    lines += [f"  {c['true']} -> {c['predicted']}: {c['count']}" for c in results["top_confusions"][:confusions]]
+    if not results["top_confusions"]:
+        lines.append("  none")
+    for skipped in results["skipped_files"]:
+        lines.append(f"skipped {skipped['path']}: {skipped['reason']}")
+    return "\n".join(lines)
+
+
+def markdown(results: dict, pictures: list[str]) -> str:
+    """report.md: summary, pictures, top confusions, per-class table (worst F1 first), skipped files."""
+    out = ["# Evaluation report", "",
+           f"- model: `{results['model']}`", f"- data: `{results['data']}`",
+           f"- images: {results['images']} scored, {len(results['skipped_files'])} skipped",
+           f"- hierarchy: {'`' + results['hierarchy'] + '`' if results.get('hierarchy') else 'none'}", "",
+           "| metric | value |", "|---|---|"]
+    out += [f"| {label} | {value} |" for label, value in summary_rows(results)]
+    for name in pictures:
+        out += ["", f"## {PICTURES[name]}", "", f"![{PICTURES[name]}]({name})"]
+    out += ["", "## Top confusions", "", "| true | predicted | images |", "|---|---|---|"]
+    out += [f"| {_cell(c['true'])} | {_cell(c['predicted'])} | {c['count']} |" for c in results["top_confusions"]]
+    out += ["", "## Per class (worst F1 first; classes with images in the data)", "",
+            "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+    scored = [(name, s) for name, s in results["per_class"].items() if s["support"]]
+    for name, s in sorted(scored, key=lambda item: (item[1]["f1"], item[0])):
+        out.append(f"| {_cell(name)} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
+    if results["skipped_files"]:
+        out += ["", "## Skipped files", ""]
+        out += [f"- `{s['path']}`: {s['reason']}" for s in results["skipped_files"]]
+    out += ["", "Files: [metrics.json](metrics.json), [predictions.csv](predictions.csv), "
+            "[confusion_matrix.csv](confusion_matrix.csv)", ""]
+    return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a '|' in a class name would split the Markdown table cell

@@ -1,0 +1,70 @@
+"""The parity gate: run every exported artifact on held-out images and compare it with Keras.
+
+Each row of `export_report.json`: artifact, files, total size, top-1 accuracy, top-1 agreement with
+the Keras model, max probability difference, mean latency per image on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+LATENCY_IMAGES = 50  # latency is the mean over this many single-image calls
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """Held-out images, resized like training (uint8), their labels and their files."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+
+def measure(artifact: str, files: list[str], predict: Callable, held_out: HeldOut, reference: np.ndarray | None,
+            batch_predict: Callable | None = None) -> tuple[dict, np.ndarray]:
+    """One report row and the probabilities. `predict` takes a HeldOut; `batch_predict` overrides it for accuracy.
+
+    `files` are the artifact's files or folders (their total size is reported).
+    """
+    probabilities = (batch_predict or predict)(held_out)
+    predicted = probabilities.argmax(axis=1)
+    sample = held_out.images[:LATENCY_IMAGES]
+    started = time.perf_counter()
+    for image in sample:
+        predict(HeldOut(image[None], held_out.labels[:1], held_out.paths[:1]))
+    latency_ms = (time.perf_counter() - started) / max(len(sample), 1) * 1000
+    row = {
+        "artifact": artifact,
+        "files": [os.path.basename(f.rstrip("/")) for f in files],
+        "size_bytes": sum(_size(f) for f in files),
+        "top1": float(np.mean(predicted == held_out.labels)),
+        "agreement": 1.0,
+        "max_prob_diff": 0.0,
+        "latency_ms": round(latency_ms, 2),
+    }
+    if reference is not None:
+        row["agreement"] = float(np.mean(predicted == reference.argmax(axis=1)))
+        row["max_prob_diff"] = float(np.abs(probabilities - reference).max())
+    return row, probabilities
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'artifact':<24} {'size':>9} {'top-1':>7} {'agree':>7} {'max|dp|':>8} {'ms/img':>8}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['artifact']:<24} {row['size_bytes'] / 1e6:>7.2f}MB {row['top1'] * 100:>6.1f}% "
+            f"{row['agreement'] * 100:>6.1f}% {row['max_prob_diff']:>8.4f} {row['latency_ms']:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)

@@ -1,0 +1,131 @@
+"""TFLite conversion for devices: float32, float16, dynamic-range and full-integer int8.
+
+Every file takes uint8 RGB [1, H, W, 3] (the device only resizes) with normalisation inside
+the model, and returns float32 probabilities. Quantization choices are named constructors,
+as in MediaPipe Model Maker: `Quantization.for_int8(representative_images)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+KINDS = ("float32", "float16", "dynamic", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantization:
+    kind: str
+    representative_images: np.ndarray | None = None  # uint8 [N, H, W, 3], int8 calibration only
+
+    @classmethod
+    def for_float32(cls) -> "Quantization":
+        return cls("float32")
+
+    @classmethod
+    def for_float16(cls) -> "Quantization":
+        return cls("float16")
+
+    @classmethod
+    def for_dynamic(cls) -> "Quantization":
+        return cls("dynamic")
+
+    @classmethod
+    def for_int8(cls, representative_images: np.ndarray) -> "Quantization":
+        if representative_images is None or len(representative_images) == 0:
+            raise ValueError("int8 quantization needs representative images for calibration")
+        return cls("int8", representative_images)
+
+
+def convert(classifier, quantization: Quantization) -> bytes:
+    """Convert the Keras classifier (0..255 float input) to a TFLite flatbuffer.
+
+    Keras 3 models go through a SavedModel written by `ExportArchive` (the path
+    keras.src.export.litert takes too); converting a concrete function directly leaves the
+    Keras variables as unresolved resources.
+    """
+    import keras
+
+    size = int(classifier.input_shape[1])
+    # int8: a float input calibrated on 0..255 pixels becomes a uint8 input with scale 1 and
+    # zero point 0, so the device feeds raw pixels and every op inside runs in int8.
+    input_dtype = tf.float32 if quantization.kind == "int8" else tf.uint8
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(classifier)
+        archive.add_endpoint(
+            "serve",
+            lambda image: {"probabilities": classifier(tf.cast(image, tf.float32), training=False)},
+            input_signature=[tf.TensorSpec([1, size, size, 3], input_dtype, name="image")],
+        )
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
+        if quantization.kind != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization.kind == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantization.kind == "int8":
+            converter.representative_dataset = _representative(quantization.representative_images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.float32
+        model = converter.convert()
+    if quantization.kind == "int8":
+        check_raw_pixel_input(model)
+    return model
+
+
+def _representative(images: np.ndarray) -> Callable:
+    """Calibration batches of one image, each with one black and one white pixel.
+
+    The uint8 input then calibrates to exactly 0..255, i.e. scale 1 and zero point 0, so a device
+    feeds raw pixels. Whole black/white frames would do the same but widen the ranges of the
+    activations inside and cost accuracy; two pixels per image do not.
+    """
+
+    def generate():
+        for image in images:
+            pinned = image.astype(np.float32)
+            pinned[0, 0] = 0.0
+            pinned[-1, -1] = 255.0
+            yield [pinned[None]]
+
+    return generate
+
+
+def check_raw_pixel_input(model: bytes) -> None:
+    """An int8 file must take raw pixels: input scale 1, zero point 0."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    scale, zero_point = Interpreter(model_content=model).get_input_details()[0]["quantization"]
+    if not (abs(scale - 1.0) < 1e-6 and zero_point == 0):
+        raise RuntimeError(f"int8 input quantization is scale {scale}, zero point {zero_point}; expected 1 and 0")
+
+
+class TFLiteRunner:
+    """Runs a `.tflite` file with LiteRT (ai_edge_litert), one image per invoke."""
+
+    def __init__(self, path: str):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=path)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.image_size = int(self.input["shape"][1])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        results = []
+        for image in np.asarray(images):
+            self.interpreter.set_tensor(self.input["index"], image[None].astype(self.input["dtype"]))
+            self.interpreter.invoke()
+            output = self.interpreter.get_tensor(self.output["index"])[0]
+            scale, zero_point = self.output["quantization"]
+            if scale:  # a quantized output tensor
+                output = (output.astype(np.float32) - zero_point) * scale
+            results.append(output.astype(np.float32))
+        return np.stack(results) if results else np.zeros((0, self.output["shape"][-1]), np.float32)

@@ -1,0 +1,62 @@
+"""`predict`: any artifact, images or folders of images -> top-k classes per file.
+
+The output format is the same for every artifact kind; unreadable files are reported one by
+one and the rest are still predicted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from retail_vision.artifacts import load_images, load_predictor
+from retail_vision.data.sources import IMAGE_EXTENSIONS
+
+
+@dataclasses.dataclass
+class Prediction:
+    file: str
+    top_k: list[tuple[str, float]]  # (label, probability), best first
+
+
+def predict(model: str, inputs: list[str], top_k: int = 5, batch_size: int = 32):
+    """Return (predictions, failures) where failures are (file, reason) pairs."""
+    predictor = load_predictor(model)
+    files, failures = _image_files(inputs)
+    predictions = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        images, chunk_failures = load_images(chunk, predictor.image_size, predictor.resize)
+        failures.extend(chunk_failures)
+        failed = {path for path, _ in chunk_failures}
+        readable = [path for path in chunk if path not in failed]
+        if not readable:
+            continue
+        for path, probabilities in zip(readable, predictor.predict(images)):
+            best = probabilities.argsort()[::-1][: min(top_k, len(predictor.labels))]
+            predictions.append(Prediction(path, [(predictor.labels[i], float(probabilities[i])) for i in best]))
+    return predictions, failures
+
+
+def _image_files(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    files, failures = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            for folder, subfolders, names in os.walk(item):
+                subfolders.sort()
+                files.extend(os.path.join(folder, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            failures.append((item, "no such file or folder"))
+    return files, failures
+
+
+def as_json(predictions: list[Prediction], failures: list[tuple[str, str]]) -> dict:
+    return {
+        "predictions": [
+            {"file": p.file, "top_k": [{"label": label, "score": score} for label, score in p.top_k]}
+            for p in predictions
+        ],
+        "failures": [{"file": file, "reason": reason} for file, reason in failures],
+    }

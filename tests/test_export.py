@@ -1,0 +1,165 @@
+"""Export: SavedModel signatures, every TFLite kind, versions, atomicity, the int8 gate, predict."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from retail_vision import Recipe, fit
+from retail_vision.cli import main
+from retail_vision.errors import ParityError
+from retail_vision.export import export_model, tflite
+
+from conftest import synthetic_image, tiny_recipe, write_class_folders
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model fitted on synthetic colour classes, and a few held-out photos as JPEG and PNG."""
+    root = tmp_path_factory.mktemp("export")
+    photos = write_class_folders(root / "photos")
+    recipe = tiny_recipe(photos, root / "runs")
+    recipe["train"]["fine_tune"]["epochs"] = 0
+    recipe["train"]["head"]["epochs"] = 4
+    result = fit(Recipe.from_dict(recipe), verbose=0)
+    samples = root / "samples"
+    samples.mkdir()
+    synthetic_image((200, 40, 40), size=(50, 40), seed=7).save(samples / "red.jpg")
+    synthetic_image((40, 60, 200), size=(40, 40), seed=8).save(samples / "blue.png")
+    return result, root, samples
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    result, root, _ = trained
+    # The tiny random-feature model is fragile under int8; the gate has its own test below.
+    return export_model(result.run_dir, output=str(root / "exported"), tflite_kinds=tflite.KINDS, allow_drop=True)
+
+
+def test_version_folder_holds_every_artifact_and_a_report(exported):
+    version = exported.version_dir
+    assert os.path.basename(version) == "1"
+    names = set(os.listdir(version))
+    assert {"saved_model.pb", "variables", "assets", "labels.txt", "export_report.json"} <= names
+    assert {f"tiny.{kind}.tflite" for kind in tflite.KINDS} <= names
+    report = json.loads(open(os.path.join(version, "export_report.json")).read())
+    rows = {row["artifact"]: row for row in report["artifacts"]}
+    assert set(rows) == {"keras", "saved_model:serve_images", "saved_model:image_bytes"} | {
+        f"tflite:{k}" for k in tflite.KINDS}
+    for name in ("saved_model:serve_images", "saved_model:image_bytes", "tflite:float32"):
+        assert rows[name]["agreement"] == 1.0 and rows[name]["max_prob_diff"] < 1e-3, name
+    assert rows["tflite:int8"]["size_bytes"] < rows["tflite:float32"]["size_bytes"]
+    assert all(row["latency_ms"] > 0 and row["size_bytes"] > 0 for row in rows.values())
+
+
+def test_saved_model_serves_encoded_bytes_in_a_fresh_process(exported, trained):
+    result, _, samples = trained
+    files = [str(samples / "red.jpg"), str(samples / "blue.png")]
+    script = (
+        "import sys, json, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "body = [open(f, 'rb').read() for f in sys.argv[2:]]  # what a REST b64 instance decodes to\n"
+        "out = m.signatures['serving_default'](image_bytes=tf.constant(body))\n"
+        "print(json.dumps([l[0].decode() for l in out['labels'].numpy().tolist()]))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script, exported.version_dir, *files],
+                               capture_output=True, text=True, check=True)
+    served = json.loads(completed.stdout.strip().splitlines()[-1])
+    from retail_vision.artifacts import load_images
+
+    images, _ = load_images(files, 32)
+    keras_top1 = [result.model.predict(images.astype("float32"), verbose=0)[i].argmax() for i in range(2)]
+    labels = open(os.path.join(result.run_dir, "labels.txt")).read().split()
+    assert served == [labels[i] for i in keras_top1]
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", exported.version_dir, "--all"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "signature_def['serving_default']" in shown and "signature_def['serve_images']" in shown
+    assert "inputs['image_bytes']" in shown and "DT_STRING" in shown
+    assert "inputs['images']" in shown and "DT_UINT8" in shown
+    for output in ("probabilities", "labels", "scores"):
+        assert f"outputs['{output}']" in shown
+
+
+def test_next_export_takes_the_next_version_and_never_touches_the_old(exported, trained):
+    result, root, _ = trained
+    before = os.path.getmtime(os.path.join(exported.version_dir, "saved_model.pb"))
+    second = export_model(result.run_dir, output=str(root / "exported"))
+    assert os.path.basename(second.version_dir) == "2"
+    assert os.path.getmtime(os.path.join(exported.version_dir, "saved_model.pb")) == before
+
+
+def test_a_failure_mid_export_leaves_no_version_folder(trained, tmp_path, monkeypatch):
+    result, _, _ = trained
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived after the SavedModel was written
+
+    monkeypatch.setattr(tflite, "convert", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("float32",))
+    assert os.listdir(tmp_path / "tiny") == []
+
+
+def test_int8_gate_fails_the_export_unless_allowed(trained, tmp_path):
+    result, _, _ = trained
+    with pytest.raises(ParityError, match="int8 TFLite top-1 is .* points below the float model"):
+        export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("int8",), max_int8_drop=-1.0)
+    assert os.listdir(tmp_path / "tiny") == []
+    cli = CliRunner().invoke(main, ["export", result.run_dir, "--output", str(tmp_path), "--quantize", "int8",
+                                    "--max-int8-drop", "-1"])
+    assert cli.exit_code == 1 and "points below the float model" in cli.output
+    allowed = export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("int8",), max_int8_drop=-1.0,
+                           allow_drop=True)
+    assert os.path.basename(allowed.version_dir) == "1"
+
+
+@pytest.mark.parametrize("artifact", ["run_dir", "keras", "saved_model", "tflite:float32", "tflite:int8"])
+def test_predict_gives_the_same_top1_on_every_artifact(exported, trained, artifact):
+    result, _, samples = trained
+    path = {
+        "run_dir": result.run_dir,
+        "keras": os.path.join(result.run_dir, "model.keras"),
+        "saved_model": exported.version_dir,
+        "tflite:float32": os.path.join(exported.version_dir, "tiny.float32.tflite"),
+        "tflite:int8": os.path.join(exported.version_dir, "tiny.int8.tflite"),
+    }[artifact]
+    out = CliRunner().invoke(main, ["predict", path, str(samples), "--json", "--top-k", "2"])
+    assert out.exit_code == 0, out.output
+    document = json.loads(out.stdout)
+    top1 = {os.path.basename(p["file"]): p["top_k"][0]["label"] for p in document["predictions"]}
+    assert top1 == {"blue.png": "blue-carton", "red.jpg": "red-apple"}
+    assert all(len(p["top_k"]) == 2 for p in document["predictions"]) and document["failures"] == []
+
+
+def test_predict_reports_unreadable_files_and_still_predicts_the_rest(trained, tmp_path):
+    result, _, samples = trained
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    out = CliRunner().invoke(main, ["predict", result.run_dir, str(samples / "red.jpg"), str(tmp_path / "broken.jpg")])
+    assert out.exit_code == 2
+    assert "red.jpg: red-apple" in out.stdout
+    assert "broken.jpg: not an image" in out.stderr
+
+
+def test_mediapipe_image_classifier_runs_the_tflite_file_as_is(exported, trained):
+    pytest.importorskip("mediapipe", reason="needs the [mediapipe] extra (installed by the dev extra and CI)")
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    _, _, samples = trained
+    for kind in ("float32", "int8"):
+        options = vision.ImageClassifierOptions(
+            base_options=BaseOptions(model_asset_path=os.path.join(exported.version_dir, f"tiny.{kind}.tflite")),
+            max_results=1)
+        with vision.ImageClassifier.create_from_options(options) as classifier:
+            pixels = np.asarray(synthetic_image((200, 40, 40), size=(32, 32), seed=7))
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
+            assert result.classifications[0].categories[0].category_name == "red-apple", kind
