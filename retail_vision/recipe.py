@@ -67,6 +67,12 @@ class AugmentConfig(_Section):
 class HeadPhaseConfig(_Section):
     epochs: int = Field(5, ge=0, description="epochs training only the head, backbone frozen")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="constant learning rate of the head phase")
+    cache_features: Union[Literal["auto"], bool] = Field(
+        "auto", description="train the head on backbone features computed once; auto: when they fit in memory"
+    )
+    augmented_views: int = Field(
+        2, ge=1, le=32, description="augmented views per image in the feature cache (when augmentation is on)"
+    )
 
 
 class FineTunePhaseConfig(_Section):

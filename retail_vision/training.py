@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 
-from retail_vision import backbones, run_directory
+from retail_vision import backbones, feature_cache, run_directory
 from retail_vision.augment import build_augmenter
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.data.training_data import TrainingData, resolve_training_data
@@ -70,22 +70,27 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
     train_ds, val_ds = data.datasets(
         image_size, recipe.data.resize, train_config.batch_size, train_config.seed, recipe.data.cache
     )
-    training_model = _with_augmentation(classifier, build_augmenter(recipe.augment, train_config.seed), image_size)
+    augmenter = build_augmenter(recipe.augment, train_config.seed)
+    training_model = _with_augmentation(classifier, augmenter, image_size)
     steps_per_epoch = math.ceil(data.train_count / train_config.batch_size)
     best = BestWeights(classifier)
     freezer = BackboneFreezer(backbone)
-    history: dict[str, list] = {}
-    phases = {}
+    phases = _PhaseRunner(train_config, class_weight, best, run_dir, verbose, data.train_count)
+    num_classes = len(data.class_names)
 
     # === Phase 1: the head on the frozen backbone ===
-    epochs_done = 0
-    if train_config.head.epochs:
+    head = train_config.head
+    if head.epochs:
         freezer.freeze()
-        _compile(training_model, train_config, train_config.head.learning_rate, len(data.class_names))
-        phases["head"], epochs_done = _run_phase(
-            "head", training_model, train_ds, val_ds, epochs_done, train_config.head.epochs,
-            train_config, class_weight, best, run_dir, history, verbose, data.train_count,
-        )
+        model, head_train, head_val, steps = training_model, train_ds, val_ds, None
+        if feature_cache.should_cache(head.cache_features, data.train_count, head.augmented_views, spec.feature_dim):
+            _log(f"head: caching backbone features ({head.augmented_views if augmenter else 1} view(s) per image)")
+            model, head_train, head_val, steps = feature_cache.cached_datasets(
+                classifier, train_ds, val_ds, augmenter, head.augmented_views, train_config.batch_size,
+                train_config.seed, data.train_count,
+            )
+        _compile(model, train_config, head.learning_rate, num_classes)
+        phases.run("head", model, head_train, head_val, head.epochs, steps)
 
     # === Phase 2: fine-tune the top of the backbone at a low learning rate ===
     fine_tune = train_config.fine_tune
@@ -97,22 +102,20 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
         )
         schedule = warmup_cosine(fine_tune.learning_rate, fine_tune.epochs * steps_per_epoch,
                                  round(fine_tune.warmup_epochs * steps_per_epoch))
-        _compile(training_model, train_config, schedule, len(data.class_names))
-        phases["fine_tune"], epochs_done = _run_phase(
-            "fine_tune", training_model, train_ds, val_ds, epochs_done, fine_tune.epochs,
-            train_config, class_weight, best, run_dir, history, verbose, data.train_count,
-        )
+        _compile(training_model, train_config, schedule, num_classes)
+        phases.run("fine_tune", training_model, train_ds, val_ds, fine_tune.epochs)
 
     # === The best classifier, saved without augmentation ===
     freezer.restore()
     best.restore()
+    training_model.compile(loss="categorical_crossentropy", metrics=_metrics(num_classes))  # evaluation only
     final = training_model.evaluate(val_ds, verbose=0, return_dict=True)
     classifier.save(f"{run_dir}/{run_directory.MODEL_FILE}")  # never compiled itself: no optimizer inside
     metrics = {
         "val_top1": float(final["accuracy"]),
         "val_top5": float(final["top5"]),
         "best_epoch": best.epoch,
-        "phases": phases,
+        "phases": phases.summaries,
         "classes": len(data.class_names),
         "train_images": data.train_count,
         "val_images": data.validation_count,
@@ -120,7 +123,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
         "image_size": image_size,
         "backbone": recipe.model.backbone,
     }
-    run_directory.write_json(run_dir, run_directory.HISTORY_FILE, history)
+    run_directory.write_json(run_dir, run_directory.HISTORY_FILE, phases.history)
     run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
     if data.validation is not None:  # TFDS sources have no files to report on
         from retail_vision.evaluate import write_run_report
@@ -137,39 +140,55 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
         )
         metrics["export"] = exported.version_dir
         run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
-    return RunResult(run_dir, classifier, metrics, history)
+    return RunResult(run_dir, classifier, metrics, phases.history)
 
 
-def _run_phase(name, model, train_ds, val_ds, initial_epoch, epochs, train_config, class_weight, best,
-               run_dir, history, verbose, train_count):
-    _log(f"phase {name}: {epochs} epochs")
-    callbacks = [best, keras.callbacks.TensorBoard(f"{run_dir}/logs/{name}", write_graph=False, profile_batch=0)]
-    if train_config.early_stopping.patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy", patience=train_config.early_stopping.patience, restore_best_weights=True
+class _PhaseRunner:
+    """Runs one phase's `fit` with the shared callbacks; collects history and a summary per phase."""
+
+    def __init__(self, train_config, class_weight, best, run_dir, verbose, train_count):
+        self.train_config = train_config
+        self.class_weight = class_weight
+        self.best = best
+        self.run_dir = run_dir
+        self.verbose = verbose
+        self.train_count = train_count
+        self.epochs_done = 0
+        self.history: dict[str, list] = {}
+        self.summaries: dict[str, dict] = {}
+
+    def run(self, name, model, train_ds, val_ds, epochs, steps_per_epoch=None) -> None:
+        _log(f"phase {name}: {epochs} epochs")
+        callbacks = [self.best, keras.callbacks.TensorBoard(f"{self.run_dir}/logs/{name}", write_graph=False,
+                                                            profile_batch=0)]
+        patience = self.train_config.early_stopping.patience
+        if patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True)
             )
+        started = time.perf_counter()
+        result = model.fit(
+            train_ds, validation_data=val_ds, initial_epoch=self.epochs_done, epochs=self.epochs_done + epochs,
+            steps_per_epoch=steps_per_epoch, class_weight=self.class_weight, callbacks=callbacks,
+            verbose=self.verbose,
+            shuffle=False,  # the tf.data pipeline already shuffles, seeded
         )
-    started = time.perf_counter()
-    result = model.fit(
-        train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=initial_epoch + epochs,
-        class_weight=class_weight, callbacks=callbacks, verbose=verbose,
-        shuffle=False,  # the tf.data pipeline already shuffles, seeded
-    )
-    wall = time.perf_counter() - started
-    ran = len(result.history.get("loss", []))
-    for key, values in result.history.items():
-        history.setdefault(key, []).extend(float(v) for v in values)
-    history.setdefault("phase", []).extend([name] * ran)
-    summary = {
-        "epochs": ran,
-        "val_top1": float(result.history["val_accuracy"][-1]),
-        "val_top5": float(result.history["val_top5"][-1]),
-        "best_val_top1": float(max(result.history["val_accuracy"])),
-        "wall_s": round(wall, 2),
-        "images_per_s": round(train_count * ran / wall, 1),
-    }
-    return summary, initial_epoch + ran
+        wall = time.perf_counter() - started
+        ran = len(result.history.get("loss", []))
+        self.epochs_done += ran
+        for key, values in result.history.items():
+            self.history.setdefault(key, []).extend(float(v) for v in values)
+        self.history.setdefault("phase", []).extend([name] * ran)
+        epoch_seconds = [round(s, 2) for s in self.best.epoch_seconds[-ran:]]
+        self.summaries[name] = {
+            "epochs": ran,
+            "val_top1": float(result.history["val_accuracy"][-1]),
+            "val_top5": float(result.history["val_top5"][-1]),
+            "best_val_top1": float(max(result.history["val_accuracy"])),
+            "wall_s": round(wall, 2),
+            "epoch_s": epoch_seconds,
+            "images_per_s": round(self.train_count * ran / wall, 1),
+        }
 
 
 def _with_augmentation(classifier: keras.Model, augmenter, image_size: int) -> keras.Model:
@@ -223,7 +242,10 @@ def _class_weights(data: TrainingData) -> dict[int, float]:
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Keep the classifier weights of the best val accuracy seen in any phase, keyed by variable path."""
+    """Keep the classifier weights of the best val accuracy seen in any phase, keyed by variable path.
+
+    Also times each epoch (training and validation), for the run's metrics.
+    """
 
     def __init__(self, classifier: keras.Model):
         super().__init__()
@@ -231,8 +253,13 @@ class BestWeights(keras.callbacks.Callback):
         self.best = -np.inf
         self.epoch = None
         self._weights = None
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
         score = (logs or {}).get("val_accuracy")
         if score is not None and score > self.best:
             self.best, self.epoch = score, epoch + 1

@@ -86,3 +86,32 @@ def test_manifest_source_trains(image_folder, tmp_path):
     (image_folder / "all.csv").write_text("\n".join(rows))
     result = run(image_folder / "all.csv", tmp_path, train={**tiny_recipe("", "")["train"], "fine_tune": {"epochs": 0}})
     assert result.metrics["train_images"] + result.metrics["val_images"] == 24
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_head_trained_on_cached_features_is_the_full_models_head(image_folder, tmp_path, augment):
+    result = run(image_folder, tmp_path, augment={"enabled": augment}, train={
+        **tiny_recipe("", "")["train"], "head": {"epochs": 3, "learning_rate": 0.05, "cache_features": True,
+                                                 "augmented_views": 3},
+        "fine_tune": {"epochs": 0}})
+    head = result.metrics["phases"]["head"]
+    # The full model, evaluated on images, scores exactly what the head scored on cached features.
+    assert result.metrics["val_top1"] == pytest.approx(head["best_val_top1"], abs=1e-6)
+    assert head["best_val_top1"] > 0.5
+
+
+def test_uncached_head_phase_still_available(image_folder, tmp_path):
+    result = run(image_folder, tmp_path, train={
+        **tiny_recipe("", "")["train"], "head": {"epochs": 2, "learning_rate": 0.05, "cache_features": False},
+        "fine_tune": {"epochs": 0}})
+    assert result.metrics["phases"]["head"]["epochs"] == 2
+
+
+def test_feature_extractor_matches_the_classifiers_pooled_features():
+    from retail_vision.feature_cache import feature_extractor, head_model
+
+    classifier = build_classifier(TINY_BACKBONE, 3, "none", dropout=0.0, image_size=32)
+    images = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    features = feature_extractor(classifier)(images, training=False)
+    np.testing.assert_allclose(head_model(classifier)(features, training=False), classifier(images, training=False),
+                               atol=1e-6)

@@ -54,10 +54,17 @@ def batched(
     cache: bool,
     sample_count: int,
 ) -> tf.data.Dataset:
-    """Cache decoded images, shuffle (seeded, anew each epoch), one-hot, batch and prefetch."""
+    """Cache decoded images, shuffle (seeded, anew each epoch), one-hot, batch and prefetch.
+
+    The cache holds uint8 pixels (rounded after the resize), a quarter of float32's memory:
+    2,640 grocery photos at 224 px take 0.4 GB instead of 1.6 GB.
+    """
     if cache:
-        images = images.cache()
+        images = images.map(lambda image, label: (tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8), label),
+                            num_parallel_calls=AUTOTUNE).cache()
     if shuffle:
         images = images.shuffle(max(sample_count, 1), seed=seed, reshuffle_each_iteration=True)
-    images = images.map(lambda image, label: (image, tf.one_hot(label, num_classes)), num_parallel_calls=AUTOTUNE)
+    images = images.map(
+        lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)), num_parallel_calls=AUTOTUNE
+    )
     return images.batch(batch_size).prefetch(AUTOTUNE)
