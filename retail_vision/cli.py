@@ -42,6 +42,8 @@ def _quiet_tensorflow():
 @click.version_option(package_name="retail-vision")
 def main():
     """Turn folders of product photos into product recognizers (Keras, TF Serving, TFLite)."""
+    # Progress lines reach a log file as they happen, not in 8 KB blocks.
+    sys.stdout.reconfigure(line_buffering=True)
 
 
 @main.command()

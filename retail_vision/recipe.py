@@ -225,18 +225,19 @@ def _describe(error: dict, raw: dict) -> str:
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        known = list(_section_model(loc[:-1]).model_fields)
+        known = list(_annotation_at(loc[:-1]).model_fields)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
         return f"{path}: unknown key; {hint}"
     if kind == "missing":
-        field = _section_model(loc[:-1]).model_fields[loc[-1]]
+        field = _annotation_at(loc[:-1]).model_fields[loc[-1]]
         return f"{path}: required field missing ({field.description})"
-    field = _section_model(loc[:-1]).model_fields.get(loc[-1]) if loc else None
-    if field is not None and typing.get_origin(field.annotation) is Union:
-        return f"{path}: received {_short(value)}; expected {field.description}"
+    annotation = _annotation_at(loc)
+    if typing.get_origin(annotation) is Union:
+        field = _annotation_at(loc[:-1]).model_fields[loc[-1]]
+        return f"{path}: received {_short(value)}; expected {_accepted(annotation)} ({field.description})"
     if kind == "literal_error":
-        choices = _literal_choices(loc)
+        choices = [str(choice) for choice in typing.get_args(annotation)]
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{path}: received {_short(value)}; expected one of {', '.join(map(repr, choices))}{hint}"
@@ -249,16 +250,29 @@ def _is_union_branch(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"float", "str", "int", "bool"})
 
 
-def _section_model(loc: list) -> type[BaseModel]:
-    model: type[BaseModel] = Recipe
+def _annotation_at(loc: list) -> Any:
+    """The declared type at a dotted location; list indices step into the item type."""
+    annotation: Any = Recipe
     for part in loc:
-        model = model.model_fields[part].annotation
-    return model
+        if isinstance(part, int):
+            annotation = (typing.get_args(annotation) or (Any,))[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            annotation = annotation.model_fields[part].annotation
+        else:
+            return Any
+    return annotation
 
 
-def _literal_choices(loc: list) -> list[str]:
-    annotation = _section_model(loc[:-1]).model_fields[loc[-1]].annotation
-    return [str(choice) for choice in typing.get_args(annotation)]
+def _accepted(annotation: Any) -> str:
+    """Words for what a union field takes: "'auto', true or false"."""
+    words = []
+    for option in typing.get_args(annotation):
+        if typing.get_origin(option) is Literal:
+            words.extend(repr(choice) for choice in typing.get_args(option))
+        else:
+            words.append({bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+                option, getattr(option, "__name__", str(option))))
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
 
 
 def _short(value: Any) -> str:

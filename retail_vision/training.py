@@ -180,6 +180,7 @@ class _PhaseRunner:
             self.history.setdefault(key, []).extend(float(v) for v in values)
         self.history.setdefault("phase", []).extend([name] * ran)
         epoch_seconds = [round(s, 2) for s in self.best.epoch_seconds[-ran:]]
+        train_seconds = [round(s, 2) for s in self.best.train_seconds[-ran:]]
         self.summaries[name] = {
             "epochs": ran,
             "val_top1": float(result.history["val_accuracy"][-1]),
@@ -187,6 +188,7 @@ class _PhaseRunner:
             "best_val_top1": float(max(result.history["val_accuracy"])),
             "wall_s": round(wall, 2),
             "epoch_s": epoch_seconds,
+            "train_s": train_seconds,  # per epoch, without validation
             "images_per_s": round(self.train_count * ran / wall, 1),
         }
 
@@ -253,13 +255,20 @@ class BestWeights(keras.callbacks.Callback):
         self.best = -np.inf
         self.epoch = None
         self._weights = None
-        self.epoch_seconds: list[float] = []
+        self.epoch_seconds: list[float] = []  # training and validation
+        self.train_seconds: list[float] = []  # training steps only
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
+        self._validation_started = None
+
+    def on_test_begin(self, logs=None):
+        self._validation_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        now = time.perf_counter()
+        self.epoch_seconds.append(now - self._epoch_started)
+        self.train_seconds.append((self._validation_started or now) - self._epoch_started)
         score = (logs or {}).get("val_accuracy")
         if score is not None and score > self.best:
             self.best, self.epoch = score, epoch + 1
