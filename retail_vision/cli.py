@@ -50,8 +50,9 @@ def main():
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--output", "runs_dir", type=click.Path(file_okay=False), help="Runs folder (default: recipe's output.runs_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.head.epochs=1.")
+@click.option("--resume", is_flag=True, help="Continue the latest unfinished run of RECIPE from its last epoch.")
 @_user_errors_exit_2
-def fit(recipe, runs_dir, overrides):
+def fit(recipe, runs_dir, overrides, resume):
     """Train a classifier from RECIPE (YAML) and write a run directory."""
     from retail_vision.recipe import Recipe
 
@@ -59,7 +60,13 @@ def fit(recipe, runs_dir, overrides):
     _quiet_tensorflow()
     from retail_vision.training import fit as run_fit
 
-    result = run_fit(loaded, runs_dir=runs_dir)
+    try:
+        result = run_fit(loaded, runs_dir=runs_dir, resume=resume)
+    except KeyboardInterrupt:
+        again = " ".join(["retail-vision fit", recipe, *(f"--set {o}" for o in overrides),
+                          *(["--output", runs_dir] if runs_dir else []), "--resume"])
+        click.echo(f"\ninterrupted: every completed epoch is saved; continue with: {again}", err=True)
+        sys.exit(130)
     click.echo(result.run_dir)
 
 

@@ -6,6 +6,9 @@
         model.keras      the best classifier (no augmentation layers)
         history.json     per-epoch metrics of both phases
         metrics.json     final val top-1/top-5 per phase, skipped files, wall time, images/s
+                         (written last: its presence marks a finished run)
+        report/          evaluation of the validation set (report.md, plots, predictions.csv)
+        checkpoints/     what `--resume` needs (see checkpointing.py)
         logs/            TensorBoard
 """
 
@@ -51,3 +54,28 @@ def write_json(run_dir: str, filename: str, value) -> None:
 def read_labels(path: str) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         return [line.rstrip("\n") for line in handle if line.strip()]
+
+
+def is_finished(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, METRICS_FILE))
+
+
+def find_resumable(runs_dir: str, recipe) -> str:
+    """The latest run of this recipe in `runs_dir`; its saved recipe must match the one given."""
+    import glob
+
+    from retail_vision.errors import UserError
+    from retail_vision.recipe import Recipe
+
+    runs = sorted(
+        (path for path in glob.glob(os.path.join(runs_dir, f"{glob.escape(recipe.name)}-*"))
+         if os.path.isfile(os.path.join(path, RECIPE_FILE))),
+        key=os.path.getmtime,
+    )
+    if not runs:
+        raise UserError(f"--resume: no run of {recipe.name!r} in {runs_dir}; start one without --resume")
+    latest = runs[-1]
+    saved = Recipe.from_yaml(os.path.join(latest, RECIPE_FILE))
+    if saved.model_dump() != recipe.model_dump():
+        raise UserError(f"--resume: {latest} was started with a different recipe; start a new run without --resume")
+    return latest

@@ -7,14 +7,14 @@ the data or the weights is found before the run directory is created, so bad inp
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
 
 import keras
-import numpy as np
 
-from retail_vision import backbones, feature_cache, run_directory
+from retail_vision import backbones, checkpointing, feature_cache, run_directory
 from retail_vision.augment import build_augmenter
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.data.training_data import TrainingData, resolve_training_data
@@ -31,16 +31,23 @@ class RunResult:
     history: dict
 
 
-def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None) -> RunResult:
+def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None, resume: bool = False) -> RunResult:
     """Train a classifier as the recipe says and write its run directory.
 
+    `resume`: continue the latest unfinished run of this recipe from its last completed epoch
+    (a finished run is returned as it is, never retrained).
     `verbose`: Keras progress (0 silent, 1 bar, 2 a line per epoch); default: a bar on a terminal.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     train_config = recipe.train
+    runs_dir = runs_dir or recipe.output.runs_dir
     if train_config.head.epochs == 0 and train_config.fine_tune.epochs == 0:
         raise RecipeError("train: head.epochs and fine_tune.epochs are both 0; nothing to train")
+    run_dir = run_directory.find_resumable(runs_dir, recipe) if resume else None
+    if run_dir and run_directory.is_finished(run_dir):
+        _log(f"{run_dir} already finished; nothing to resume")
+        return _finished_result(run_dir)
     spec = backbones.get(recipe.model.backbone)
     image_size = recipe.data.image_size or spec.input_size
     _log(f"scanning data: {recipe.data.source}")
@@ -62,10 +69,12 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
     if train_config.fine_tune.epochs:
         first_trainable_index(backbone, train_config.fine_tune.unfreeze)  # a bad layer name fails now
 
-    run_dir = run_directory.create(runs_dir or recipe.output.runs_dir, recipe.name)
+    if run_dir is None:
+        run_dir = run_directory.create(runs_dir, recipe.name)
+        run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
+        run_directory.write_text(run_dir, run_directory.LABELS_FILE, "\n".join(data.class_names) + "\n")
     _log(f"run directory: {run_dir}")
-    run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
-    run_directory.write_text(run_dir, run_directory.LABELS_FILE, "\n".join(data.class_names) + "\n")
+    state = checkpointing.RunState(run_dir)
 
     train_ds, val_ds = data.datasets(
         image_size, recipe.data.resize, train_config.batch_size, train_config.seed, recipe.data.cache
@@ -73,14 +82,13 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
     augmenter = build_augmenter(recipe.augment, train_config.seed)
     training_model = _with_augmentation(classifier, augmenter, image_size)
     steps_per_epoch = math.ceil(data.train_count / train_config.batch_size)
-    best = BestWeights(classifier)
     freezer = BackboneFreezer(backbone)
-    phases = _PhaseRunner(train_config, class_weight, best, run_dir, verbose, data.train_count)
+    phases = _PhaseRunner(classifier, state, train_config, class_weight, run_dir, verbose, data.train_count)
     num_classes = len(data.class_names)
 
     # === Phase 1: the head on the frozen backbone ===
     head = train_config.head
-    if head.epochs:
+    if head.epochs and "head" not in state.phases_done:
         freezer.freeze()
         model, head_train, head_val, steps = training_model, train_ds, val_ds, None
         if feature_cache.should_cache(head.cache_features, data.train_count, head.augmented_views, spec.feature_dim):
@@ -91,10 +99,15 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
             )
         _compile(model, train_config, head.learning_rate, num_classes)
         phases.run("head", model, head_train, head_val, head.epochs, steps)
+        checkpointing.save_weights(classifier, state.path(checkpointing.AFTER_HEAD_WEIGHTS))
+        state.phases_done.append("head")
+        state.save()
+    elif "head" in state.phases_done:
+        classifier.load_weights(state.path(checkpointing.AFTER_HEAD_WEIGHTS))
 
     # === Phase 2: fine-tune the top of the backbone at a low learning rate ===
     fine_tune = train_config.fine_tune
-    if fine_tune.epochs:
+    if fine_tune.epochs and "fine_tune" not in state.phases_done:
         first = freezer.unfreeze(fine_tune.unfreeze, fine_tune.batchnorm)
         _log(
             f"fine-tune: backbone layers {first}..{len(backbone.layers) - 1} trainable, "
@@ -104,18 +117,20 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
                                  round(fine_tune.warmup_epochs * steps_per_epoch))
         _compile(training_model, train_config, schedule, num_classes)
         phases.run("fine_tune", training_model, train_ds, val_ds, fine_tune.epochs)
+        state.phases_done.append("fine_tune")
+        state.save()
 
     # === The best classifier, saved without augmentation ===
     freezer.restore()
-    best.restore()
+    checkpointing.restore_best(classifier, state)
     training_model.compile(loss="categorical_crossentropy", metrics=_metrics(num_classes))  # evaluation only
     final = training_model.evaluate(val_ds, verbose=0, return_dict=True)
     classifier.save(f"{run_dir}/{run_directory.MODEL_FILE}")  # never compiled itself: no optimizer inside
     metrics = {
         "val_top1": float(final["accuracy"]),
         "val_top5": float(final["top5"]),
-        "best_epoch": best.epoch,
-        "phases": phases.summaries,
+        "best_epoch": state.best_epoch,
+        "phases": state.summaries,
         "classes": len(data.class_names),
         "train_images": data.train_count,
         "val_images": data.validation_count,
@@ -123,8 +138,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
         "image_size": image_size,
         "backbone": recipe.model.backbone,
     }
-    run_directory.write_json(run_dir, run_directory.HISTORY_FILE, phases.history)
-    run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
+    run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
     if data.validation is not None:  # TFDS sources have no files to report on
         from retail_vision.evaluate import write_run_report
 
@@ -139,58 +153,71 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None)
             seed=train_config.seed,
         )
         metrics["export"] = exported.version_dir
-        run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)
-    return RunResult(run_dir, classifier, metrics, phases.history)
+    run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)  # last: marks the run finished
+    return RunResult(run_dir, classifier, metrics, state.history)
+
+
+def _finished_result(run_dir: str) -> RunResult:
+    from retail_vision.artifacts import load_model
+
+    model, _ = load_model(run_dir)
+    with open(f"{run_dir}/{run_directory.METRICS_FILE}", encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    with open(f"{run_dir}/{run_directory.HISTORY_FILE}", encoding="utf-8") as handle:
+        history = json.load(handle)
+    return RunResult(run_dir, model, metrics, history)
 
 
 class _PhaseRunner:
-    """Runs one phase's `fit` with the shared callbacks; collects history and a summary per phase."""
+    """Runs one phase's `fit` with the shared callbacks, resumable from its last completed epoch."""
 
-    def __init__(self, train_config, class_weight, best, run_dir, verbose, train_count):
+    def __init__(self, classifier, state, train_config, class_weight, run_dir, verbose, train_count):
+        self.classifier = classifier
+        self.state = state
         self.train_config = train_config
         self.class_weight = class_weight
-        self.best = best
         self.run_dir = run_dir
         self.verbose = verbose
         self.train_count = train_count
-        self.epochs_done = 0
-        self.history: dict[str, list] = {}
-        self.summaries: dict[str, dict] = {}
 
     def run(self, name, model, train_ds, val_ds, epochs, steps_per_epoch=None) -> None:
-        _log(f"phase {name}: {epochs} epochs")
-        callbacks = [self.best, keras.callbacks.TensorBoard(f"{self.run_dir}/logs/{name}", write_graph=False,
-                                                            profile_batch=0)]
+        done_before = self.state.phase_epochs(name)
+        _log(f"phase {name}: {epochs} epochs" + (f" (resuming after epoch {done_before})" if done_before else ""))
+        recorder = checkpointing.EpochRecorder(self.classifier, self.state, name)
+        callbacks = [
+            # Backup first, then the state: a kill between the two repeats no epoch.
+            keras.callbacks.BackupAndRestore(self.state.backup_dir(name)),
+            recorder,
+            keras.callbacks.TensorBoard(f"{self.run_dir}/logs/{name}", write_graph=False, profile_batch=0),
+        ]
         patience = self.train_config.early_stopping.patience
         if patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True)
             )
+        first_epoch = self.state.epochs_done - done_before
         started = time.perf_counter()
-        result = model.fit(
-            train_ds, validation_data=val_ds, initial_epoch=self.epochs_done, epochs=self.epochs_done + epochs,
+        model.fit(
+            train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
             steps_per_epoch=steps_per_epoch, class_weight=self.class_weight, callbacks=callbacks,
             verbose=self.verbose,
             shuffle=False,  # the tf.data pipeline already shuffles, seeded
         )
         wall = time.perf_counter() - started
-        ran = len(result.history.get("loss", []))
-        self.epochs_done += ran
-        for key, values in result.history.items():
-            self.history.setdefault(key, []).extend(float(v) for v in values)
-        self.history.setdefault("phase", []).extend([name] * ran)
-        epoch_seconds = [round(s, 2) for s in self.best.epoch_seconds[-ran:]]
-        train_seconds = [round(s, 2) for s in self.best.train_seconds[-ran:]]
-        self.summaries[name] = {
-            "epochs": ran,
-            "val_top1": float(result.history["val_accuracy"][-1]),
-            "val_top5": float(result.history["val_top5"][-1]),
-            "best_val_top1": float(max(result.history["val_accuracy"])),
-            "wall_s": round(wall, 2),
-            "epoch_s": epoch_seconds,
-            "train_s": train_seconds,  # per epoch, without validation
-            "images_per_s": round(self.train_count * ran / wall, 1),
+        phase = [i for i, p in enumerate(self.state.history["phase"]) if p == name]
+        ran_now = len(recorder.epoch_seconds)
+        val_top1 = [self.state.history["val_accuracy"][i] for i in phase]
+        self.state.summaries[name] = {
+            "epochs": len(phase),
+            "val_top1": val_top1[-1],
+            "val_top5": self.state.history["val_top5"][phase[-1]],
+            "best_val_top1": max(val_top1),
+            "wall_s": round(wall, 2) + self.state.summaries.get(name, {}).get("wall_s", 0.0),
+            "epoch_s": [round(s, 2) for s in recorder.epoch_seconds],
+            "train_s": [round(s, 2) for s in recorder.train_seconds],  # per epoch, without validation
+            "images_per_s": round(self.train_count * ran_now / wall, 1) if ran_now else None,
         }
+        self.state.save()
 
 
 def _with_augmentation(classifier: keras.Model, augmenter, image_size: int) -> keras.Model:
@@ -241,43 +268,6 @@ def _class_weights(data: TrainingData) -> dict[int, float]:
         raise RecipeError("train.class_weights: 'auto' needs a folder or manifest source; use 'none' for TFDS")
     total, k = sum(counts.values()), len(counts)
     return {i: total / (k * max(count, 1)) for i, count in enumerate(counts.values())}
-
-
-class BestWeights(keras.callbacks.Callback):
-    """Keep the classifier weights of the best val accuracy seen in any phase, keyed by variable path.
-
-    Also times each epoch (training and validation), for the run's metrics.
-    """
-
-    def __init__(self, classifier: keras.Model):
-        super().__init__()
-        self.classifier = classifier
-        self.best = -np.inf
-        self.epoch = None
-        self._weights = None
-        self.epoch_seconds: list[float] = []  # training and validation
-        self.train_seconds: list[float] = []  # training steps only
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.perf_counter()
-        self._validation_started = None
-
-    def on_test_begin(self, logs=None):
-        self._validation_started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        self.epoch_seconds.append(now - self._epoch_started)
-        self.train_seconds.append((self._validation_started or now) - self._epoch_started)
-        score = (logs or {}).get("val_accuracy")
-        if score is not None and score > self.best:
-            self.best, self.epoch = score, epoch + 1
-            self._weights = {v.path: v.numpy() for v in self.classifier.weights}
-
-    def restore(self):
-        if self._weights is not None:
-            for variable in self.classifier.weights:
-                variable.assign(self._weights[variable.path])
 
 
 def _model_name(name: str) -> str:

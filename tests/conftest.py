@@ -60,26 +60,9 @@ def image_folder(tmp_path) -> pathlib.Path:
 @pytest.fixture(scope="session", autouse=True)
 def tiny_backbone():
     """A 2-conv backbone with BatchNorm and drop-connect, registered for the fast tests."""
-    from retail_vision.backbones import _registry
-    from retail_vision.backbones._registry import BackboneSpec
+    import tiny_backbone as tiny
 
-    def build(weights):
-        import keras
-
-        inputs = keras.Input((None, None, 3))
-        x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)
-        x = keras.layers.BatchNormalization(name="bn1")(x)
-        x = keras.layers.ReLU(name="relu1")(x)
-        x = keras.layers.Dropout(0.3, noise_shape=(None, 1, 1, 1), name="drop_connect")(x)
-        x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv2")(x)
-        x = keras.layers.BatchNormalization(name="bn2")(x)
-        x = keras.layers.ReLU(name="relu2")(x)
-        return keras.Model(inputs, x, name="tiny")
-
-    if TINY_BACKBONE not in _registry._REGISTRY:
-        _registry.register(
-            BackboneSpec(TINY_BACKBONE, "test", build, 32, 1 / 127.5, -1.0, "none (tests only)", 16, "tests only")
-        )
+    tiny.register()
     yield TINY_BACKBONE
 
 

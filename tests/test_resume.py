@@ -1,0 +1,80 @@
+"""A real `retail-vision fit` killed with SIGKILL mid fine-tune resumes and ends like an uninterrupted run."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_recipe, write_class_folders, write_recipe
+
+TINY_CLI = [sys.executable, str(pathlib.Path(__file__).with_name("tiny_backbone.py"))]
+FINE_TUNE_EPOCHS = 6
+
+
+def recipe_file(tmp_path, photos, runs):
+    recipe = tiny_recipe(photos, runs)
+    recipe["train"]["head"]["epochs"] = 2
+    recipe["train"]["fine_tune"] = {"epochs": FINE_TUNE_EPOCHS, "learning_rate": 0.01, "warmup_epochs": 1}
+    recipe["augment"] = {"enabled": False}
+    return write_recipe(tmp_path / f"{runs.name}.yaml", recipe)
+
+
+def fine_tune_epochs_done(runs: pathlib.Path) -> int:
+    for state in runs.glob("*/checkpoints/state.json"):
+        try:
+            return json.loads(state.read_text())["history"].get("phase", []).count("fine_tune")
+        except (ValueError, KeyError):
+            return 0
+    return 0
+
+
+def test_sigkill_in_fine_tune_then_resume_matches_an_uninterrupted_run(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=40)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    straight = tmp_path / "straight"
+    subprocess.run(TINY_CLI + ["fit", str(recipe_file(tmp_path, photos, straight))], env=env, check=True,
+                   capture_output=True, timeout=300)
+    expected = json.loads(next(straight.glob("*/metrics.json")).read_text())
+
+    killed = tmp_path / "killed"
+    recipe = recipe_file(tmp_path, photos, killed)
+    process = subprocess.Popen(TINY_CLI + ["fit", str(recipe)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while fine_tune_epochs_done(killed) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_at_kill = fine_tune_epochs_done(killed)
+    assert 2 <= done_at_kill < FINE_TUNE_EPOCHS
+    assert not list(killed.glob("*/metrics.json"))
+
+    resumed = subprocess.run(TINY_CLI + ["fit", str(recipe), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming after epoch {done_at_kill}" in resumed.stderr
+    metrics = json.loads(next(killed.glob("*/metrics.json")).read_text())
+    history = json.loads(next(killed.glob("*/history.json")).read_text())
+    assert history["phase"] == ["head"] * 2 + ["fine_tune"] * FINE_TUNE_EPOCHS
+    assert metrics["phases"]["fine_tune"]["epochs"] == expected["phases"]["fine_tune"]["epochs"]
+    # Documented tolerance: CPU kernels are not bit-reproducible across processes.
+    assert metrics["val_top1"] == pytest.approx(expected["val_top1"], abs=0.1)
+
+    again = subprocess.run(TINY_CLI + ["fit", str(recipe), "--resume"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "already finished" in again.stderr
+    assert json.loads(next(killed.glob("*/metrics.json")).read_text()) == metrics
+
+
+def test_resume_without_a_run_is_a_one_line_error(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=4)
+    out = subprocess.run(TINY_CLI + ["fit", str(recipe_file(tmp_path, photos, tmp_path / "none")), "--resume"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--resume: no run of 'tiny'" in out.stderr

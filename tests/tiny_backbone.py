@@ -1,0 +1,38 @@
+"""A 2-conv backbone with BatchNorm and drop-connect, small enough to train in seconds.
+
+`python tests/tiny_backbone.py fit ...` runs the real `retail-vision` CLI with it registered,
+for tests that need a separate process (kill and resume).
+"""
+
+import sys
+
+NAME = "tiny_test_cnn"
+
+
+def build(weights):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Dropout(0.3, noise_shape=(None, 1, 1, 1), name="drop_connect")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+def register():
+    from retail_vision.backbones import _registry
+    from retail_vision.backbones._registry import BackboneSpec
+
+    if NAME not in _registry._REGISTRY:
+        _registry.register(BackboneSpec(NAME, "test", build, 32, 1 / 127.5, -1.0, "none (tests only)", 16, "tests only"))
+
+
+if __name__ == "__main__":
+    register()
+    from retail_vision.cli import main
+
+    main(sys.argv[1:], prog_name="retail-vision")
