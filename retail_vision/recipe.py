@@ -44,6 +44,9 @@ class DataConfig(_Section):
         "crop", description="keep aspect ratio and center-crop, or pad, to the square input"
     )
     cache: bool = Field(True, description="cache decoded, resized images in memory after the first epoch")
+    allow_outside_paths: bool = Field(
+        False, description="let a manifest name files outside its own folder (refused by default)"
+    )
 
 
 class ModelConfig(_Section):

@@ -162,3 +162,17 @@ def test_pipeline_batches_one_hot_labels_with_a_seeded_shuffle(image_folder):
 
     assert first_labels(3) == first_labels(3)
     assert first_labels(3) != first_labels(4)
+
+
+def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(image_folder, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    synthetic_image((9, 9, 9)).save(outside / "x.jpg")
+    manifest = image_folder / "list.csv"
+    manifest.write_text("Fruit/green-pear/green-pear_000.jpg,pear\n../elsewhere/x.jpg,carton\n")
+    with pytest.raises(DataError, match=r"list.csv:2: '../elsewhere/x.jpg' is outside the manifest's folder"):
+        sources.load_examples(str(manifest))
+    (image_folder / "abs.csv").write_text("Fruit/green-pear/green-pear_000.jpg,x\n/etc/passwd,pear\n")
+    with pytest.raises(DataError, match="outside the manifest's folder"):
+        sources.load_examples(str(image_folder / "abs.csv"))
+    assert len(sources.load_examples(str(manifest), allow_outside_paths=True)) == 2

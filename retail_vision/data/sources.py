@@ -38,18 +38,20 @@ class Examples:
         return Examples([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names)
 
 
-def load_examples(source: str, class_names_file: str | None = None, known_classes: list[str] | None = None) -> Examples:
+def load_examples(source: str, class_names_file: str | None = None, known_classes: list[str] | None = None,
+                  allow_outside_paths: bool = False) -> Examples:
     """Read a folder of class folders or a manifest file.
 
     `known_classes` (the training classes) makes a validation source use the same label
-    order; a class the training data does not have is an error.
+    order; a class the training data does not have is an error. A manifest may only name
+    files inside its own folder unless `allow_outside_paths`.
     """
     if not os.path.exists(source):
         raise DataError(f"{source}: no such folder or manifest file")
     if os.path.isdir(source):
         examples = from_folder(source)
     elif source.lower().endswith(MANIFEST_EXTENSIONS):
-        examples = from_manifest(source, class_names_file)
+        examples = from_manifest(source, class_names_file, allow_outside_paths)
     else:
         raise DataError(f"{source}: not a folder or a manifest (.csv/.txt); point data.source at one")
     if known_classes is not None:
@@ -101,9 +103,13 @@ def _class_names_for(folders: list[str], root: str) -> list[str]:
     ]
 
 
-def from_manifest(manifest: str, class_names_file: str | None = None) -> Examples:
-    """Rows `path,label[,...]`; paths relative to the manifest; label is a name, or an id with a class-name file."""
-    base = os.path.dirname(os.path.abspath(manifest))
+def from_manifest(manifest: str, class_names_file: str | None = None, allow_outside_paths: bool = False) -> Examples:
+    """Rows `path,label[,...]`; paths relative to the manifest; label is a name, or an id with a class-name file.
+
+    A path that leaves the manifest's folder (`../../etc/passwd`, or absolute) is refused unless
+    `allow_outside_paths`: a manifest from elsewhere must not make us read arbitrary files.
+    """
+    base = os.path.realpath(os.path.dirname(os.path.abspath(manifest)))
     rows = []
     with open(manifest, encoding="utf-8", newline="") as handle:
         for line_number, row in enumerate(csv.reader(handle, skipinitialspace=True), start=1):
@@ -128,7 +134,13 @@ def from_manifest(manifest: str, class_names_file: str | None = None) -> Example
             if not label.isdigit() or int(label) not in id_names:
                 raise DataError(f"{manifest}:{line_number}: label {label!r} is not an id in {class_names_file}")
             label = id_names[int(label)]
-        named.append((os.path.normpath(os.path.join(base, path)), label))
+        resolved = os.path.normpath(os.path.join(base, path))
+        if not allow_outside_paths and os.path.commonpath([base, os.path.realpath(resolved)]) != os.path.realpath(base):
+            raise DataError(
+                f"{manifest}:{line_number}: {path!r} is outside the manifest's folder; "
+                "set data.allow_outside_paths: true if that is intended"
+            )
+        named.append((resolved, label))
     class_names = sorted({label for _, label in named})
     if id_names is not None:  # keep the id order the class-name file defines
         used = {label for _, label in named}

@@ -52,9 +52,11 @@ def resolve_training_data(data_config, seed: int) -> TrainingData:
 
     if tfds_source.is_tfds(data_config.source):
         return _resolve_tfds(data_config)
-    train = sources.load_examples(data_config.source, data_config.class_names)
+    outside = data_config.allow_outside_paths
+    train = sources.load_examples(data_config.source, data_config.class_names, allow_outside_paths=outside)
     if isinstance(data_config.validation, str):
-        validation = sources.load_examples(data_config.validation, data_config.class_names, train.class_names)
+        validation = sources.load_examples(data_config.validation, data_config.class_names, train.class_names,
+                                           allow_outside_paths=outside)
     else:
         train, validation = sources.stratified_split(train, data_config.validation, seed)
     train, skipped_train = scan(train)
