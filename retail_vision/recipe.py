@@ -98,6 +98,9 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1, le=4096, description="images per step")
     seed: int = Field(42, description="seed for the split, shuffling, augmentation and initialisation")
+    deterministic: bool = Field(
+        False, description="TF op determinism: same recipe + seed + machine give identical weights (slower on GPU)"
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer of both phases")
     weight_decay: float = Field(1e-4, ge=0.0, description="decoupled weight decay (adamw only)")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing")

@@ -61,6 +61,10 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     class_weight = _class_weights(data) if train_config.class_weights == "auto" else None
 
     keras.utils.set_random_seed(train_config.seed)
+    if train_config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     classifier = build_classifier(
         recipe.model.backbone, len(data.class_names), recipe.model.weights, recipe.model.dropout, image_size,
         name=_model_name(recipe.name),

@@ -115,3 +115,15 @@ def test_feature_extractor_matches_the_classifiers_pooled_features():
     features = feature_extractor(classifier)(images, training=False)
     np.testing.assert_allclose(head_model(classifier)(features, training=False), classifier(images, training=False),
                                atol=1e-6)
+
+
+def test_deterministic_runs_give_identical_weights(image_folder, tmp_path):
+    def weights(name):
+        result = run(image_folder, tmp_path / name, augment={"enabled": True},
+                     train={**tiny_recipe("", "")["train"], "deterministic": True})
+        return [w.numpy() for w in result.model.weights], result.metrics["val_top1"]
+
+    first, second = weights("a"), weights("b")
+    assert first[1] == second[1]
+    for a, b in zip(first[0], second[0]):
+        np.testing.assert_array_equal(a, b)
