@@ -70,7 +70,8 @@ def main() -> None:
         recipe = Recipe.from_yaml(args.recipe, args.overrides)
         manifest = subset_manifest(recipe.data.source, args.images, recipe.train.seed, folder)
         overrides = args.overrides + [
-            f"data.source={manifest}", "data.validation=0.1", f"train.head.epochs={args.epochs}",
+            f"data.source={manifest}", "data.allow_outside_paths=true", "data.validation=0.1",
+            f"train.head.epochs={args.epochs}",
             f"train.fine_tune.epochs={args.epochs}", "train.head.cache_features=false",
             "train.early_stopping.patience=0", f"output.runs_dir={folder}/runs",
         ]
