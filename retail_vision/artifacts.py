@@ -135,15 +135,15 @@ def load_images(paths: list[str], size: int, resize: str = "crop") -> tuple[np.n
     import tensorflow as tf
 
     from retail_vision.data.pipeline import load_and_resize
-    from retail_vision.data.scan import check_image
+    from retail_vision.data.scan import inspect_image
 
     images, failures = [], []
     for path in paths:
-        reason = check_image(path)
+        reason, orientation = inspect_image(path)
         if reason:
             failures.append((path, reason))
             continue
-        image = load_and_resize(tf.constant(path), size, resize)
+        image = load_and_resize(tf.constant(os.fsencode(path)), size, resize, orientation)
         images.append(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return stacked, failures

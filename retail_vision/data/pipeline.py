@@ -6,6 +6,8 @@ itself normalises them (preprocessing lives in the graph) and augments them on t
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from retail_vision.data.sources import Examples
@@ -31,15 +33,38 @@ def resize_image(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
     return tf.image.resize_with_crop_or_pad(resized, size, size)
 
 
-def load_and_resize(path: tf.Tensor, size: int, mode: str) -> tf.Tensor:
-    return resize_image(decode_image(tf.io.read_file(path)), size, mode)
+def apply_exif_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turn a decoded image upright by its EXIF orientation (1..8), as Pillow's exif_transpose does."""
+    image = tf.convert_to_tensor(image)
+    branches = [
+        lambda: image,  # 1: upright
+        lambda: tf.image.flip_left_right(image),  # 2: mirrored
+        lambda: tf.image.rot90(image, 2),  # 3: upside down
+        lambda: tf.image.flip_up_down(image),  # 4: mirrored vertically
+        lambda: tf.image.transpose(image),  # 5: transposed
+        lambda: tf.image.rot90(image, 3),  # 6: on its left side: turn 90 degrees clockwise
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),  # 7: transversed
+        lambda: tf.image.rot90(image, 1),  # 8: on its right side: turn 90 degrees anticlockwise
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.switch_case(index, branches)
+
+
+def load_and_resize(path: tf.Tensor, size: int, mode: str, orientation=1) -> tf.Tensor:
+    image = apply_exif_orientation(decode_image(tf.io.read_file(path)), orientation)
+    return resize_image(image, size, mode)
 
 
 def files_dataset(examples: Examples, size: int, mode: str) -> tf.data.Dataset:
     """(image float32 [size,size,3] in 0..255, label int32) from image files, decoded in parallel."""
-    dataset = tf.data.Dataset.from_tensor_slices((examples.paths, tf.constant(examples.labels, tf.int32)))
+    orientations = examples.orientations or [1] * len(examples)
+    # os.fsencode: file names that are not valid UTF-8 still reach tf.io.read_file byte for byte.
+    paths = tf.constant([os.fsencode(path) for path in examples.paths], tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (paths, tf.constant(orientations, tf.int32), tf.constant(examples.labels, tf.int32))
+    )
     return dataset.map(
-        lambda path, label: (load_and_resize(path, size, mode), label),
+        lambda path, orientation, label: (load_and_resize(path, size, mode, orientation), label),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )

@@ -16,6 +16,7 @@ from retail_vision.data.sources import Examples
 
 # The formats tf.io.decode_image reads; anything else would fail inside the pipeline.
 DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+EXIF_ORIENTATION = 0x0112  # phones store portrait photos sideways plus this tag; TF's decoders ignore it
 
 
 @dataclasses.dataclass
@@ -24,33 +25,44 @@ class SkippedFile:
     reason: str
 
 
-def check_image(path: str) -> str | None:
-    """Return why `path` cannot be used, or None when it decodes."""
+def inspect_image(path: str) -> tuple[str | None, int]:
+    """(why `path` cannot be used or None, its EXIF orientation 1..8; 1 when upright or unknown)."""
+    orientation = 1
     try:
         if os.path.getsize(path) == 0:
-            return "zero-byte file"
+            return "zero-byte file", orientation
         with Image.open(path) as image:
             if image.format not in DECODABLE_FORMATS:
-                return f"unsupported format {image.format} (use JPEG, PNG, BMP or GIF)"
+                return f"unsupported format {image.format} (use JPEG, PNG, BMP or GIF)", orientation
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             image.load()
     except FileNotFoundError:
-        return "file not found"
+        return "file not found", orientation
     except PermissionError:
-        return "permission denied"
+        return "permission denied", orientation
     except OSError as error:  # Pillow's UnidentifiedImageError and truncation errors are OSErrors
         text = str(error)
         if "cannot identify image file" in text:
-            return "not an image"
-        return f"unreadable image ({text.splitlines()[0][:80]})"
+            return "not an image", orientation
+        if "Too many levels of symbolic links" in text:
+            return "symlink loop", orientation
+        return f"unreadable image ({text.splitlines()[0][:80]})", orientation
     except Exception as error:  # a hostile or broken file must not stop the scan
-        return f"unreadable image ({type(error).__name__})"
-    return None
+        return f"unreadable image ({type(error).__name__})", orientation
+    return None, orientation if orientation in range(1, 9) else 1
+
+
+def check_image(path: str) -> str | None:
+    """Return why `path` cannot be used, or None when it decodes."""
+    return inspect_image(path)[0]
 
 
 def scan(examples: Examples, workers: int = 8) -> tuple[Examples, list[SkippedFile]]:
-    """Split examples into the usable ones and the skipped files with their reasons."""
+    """Split examples into the usable ones (with their EXIF orientations) and the skipped files."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(check_image, examples.paths))
-    keep = [i for i, reason in enumerate(reasons) if reason is None]
-    skipped = [SkippedFile(path, reason) for path, reason in zip(examples.paths, reasons) if reason]
-    return examples.subset(keep), skipped
+        results = list(pool.map(inspect_image, examples.paths))
+    keep = [i for i, (reason, _) in enumerate(results) if reason is None]
+    skipped = [SkippedFile(path, reason) for path, (reason, _) in zip(examples.paths, results) if reason]
+    usable = examples.subset(keep)
+    usable.orientations = [results[i][1] for i in keep]
+    return usable, skipped

@@ -26,6 +26,7 @@ class Examples:
     paths: list[str]
     labels: list[int]
     class_names: list[str]
+    orientations: list[int] | None = None  # EXIF orientation per file (1 = upright), set by the scan
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -35,7 +36,9 @@ class Examples:
         return {name: counter.get(index, 0) for index, name in enumerate(self.class_names)}
 
     def subset(self, indices: list[int]) -> "Examples":
-        return Examples([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names)
+        orientations = [self.orientations[i] for i in indices] if self.orientations is not None else None
+        return Examples([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names,
+                        orientations)
 
 
 def load_examples(source: str, class_names_file: str | None = None, known_classes: list[str] | None = None,
@@ -128,7 +131,7 @@ def from_manifest(manifest: str, class_names_file: str | None = None, allow_outs
         raise DataError(
             f"{manifest}: labels are ids; set data.class_names to a file with one class name per id"
         )
-    named = []
+    named, seen = [], {}
     for line_number, path, label in rows:
         if id_names is not None:
             if not label.isdigit() or int(label) not in id_names:
@@ -140,6 +143,11 @@ def from_manifest(manifest: str, class_names_file: str | None = None, allow_outs
                 f"{manifest}:{line_number}: {path!r} is outside the manifest's folder; "
                 "set data.allow_outside_paths: true if that is intended"
             )
+        if resolved in seen:  # a repeated row would count twice and could land in train and validation
+            if seen[resolved] != label:
+                raise DataError(f"{manifest}:{line_number}: {path!r} is listed again with another label ({label!r})")
+            continue
+        seen[resolved] = label
         named.append((resolved, label))
     class_names = sorted({label for _, label in named})
     if id_names is not None:  # keep the id order the class-name file defines

@@ -55,7 +55,7 @@ def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs
     if history and history.get("loss"):
         plots.plot_training_curves(history, os.path.join(report_dir, "training_curves.png"))
     pictures = [name for name in PICTURES if os.path.isfile(os.path.join(report_dir, name))]
-    with open(os.path.join(report_dir, "report.md"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(report_dir, "report.md"), "w", encoding="utf-8", errors="backslashreplace") as handle:
         handle.write(markdown(results, pictures))
 
 
@@ -66,7 +66,7 @@ def _most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, limit: int =
 
 def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
     ranked = metrics_lib.ranked_classes(probs, min(top_k, len(labels)))
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with open(path, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "true", "predicted", "confidence", "top_k"])
         for file, true, row, classes in zip(paths, y_true, probs, ranked):
@@ -75,7 +75,7 @@ def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
 
 
 def _write_matrix(path, matrix, labels) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with open(path, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *labels])
         writer.writerows([name, *row] for name, row in zip(labels, matrix.tolist()))
