@@ -59,6 +59,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     for skipped in data.skipped:
         _log(f"  skipped {skipped.path}: {skipped.reason}")
     class_weight = _class_weights(data) if train_config.class_weights == "auto" else None
+    _check_settings(recipe, data)
 
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
@@ -71,7 +72,12 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     )
     backbone = get_backbone(classifier)
     if train_config.fine_tune.epochs:
-        first_trainable_index(backbone, train_config.fine_tune.unfreeze)  # a bad layer name fails now
+        first = first_trainable_index(backbone, train_config.fine_tune.unfreeze)  # a bad layer name fails now
+        if recipe.model.weights == "none" and first > 0:
+            raise RecipeError(
+                f"train.fine_tune.unfreeze: {train_config.fine_tune.unfreeze!r} with model.weights 'none' leaves "
+                "the lower layers frozen at random values; use 'all' or pretrained weights"
+            )
 
     if run_dir is None:
         run_dir = run_directory.create(runs_dir, recipe.name)
@@ -159,6 +165,20 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
         metrics["export"] = exported.version_dir
     run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)  # last: marks the run finished
     return RunResult(run_dir, classifier, metrics, state.history)
+
+
+def _check_settings(recipe: Recipe, data: TrainingData) -> None:
+    """Settings that are valid one by one but contradict each other or the data."""
+    if recipe.train.batch_size > data.train_count:
+        raise RecipeError(
+            f"train.batch_size: {recipe.train.batch_size} is more than the {data.train_count} training images; "
+            f"use at most {data.train_count}"
+        )
+    if recipe.export.enabled and "int8" in recipe.export.tflite and data.train is None:
+        raise RecipeError(
+            "export.tflite: int8 calibrates on training image files, and a TFDS source has none; "
+            "drop int8 or export later with: retail-vision export RUN --quantize int8 --data FOLDER"
+        )
 
 
 def _finished_result(run_dir: str) -> RunResult:

@@ -163,3 +163,30 @@ def test_mediapipe_image_classifier_runs_the_tflite_file_as_is(exported, trained
             pixels = np.asarray(synthetic_image((200, 40, 40), size=(32, 32), seed=7))
             result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=pixels))
             assert result.classifications[0].categories[0].category_name == "red-apple", kind
+
+
+def test_export_killed_midway_leaves_only_complete_versions(trained, tmp_path):
+    import signal
+    import time
+
+    result, _, _ = trained
+    output = tmp_path / "exported"
+    export_model(result.run_dir, output=str(output))  # version 1, complete
+    process = subprocess.Popen([sys.executable, "-m", "retail_vision.cli", "export", result.run_dir,
+                                "--output", str(output), "--tflite"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    staging = []
+    while time.monotonic() < deadline and process.poll() is None:
+        staging = [p for p in (output / "tiny").iterdir() if p.name.startswith(".export-")]
+        if staging and (staging[0] / "saved_model.pb").exists():
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the export finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(p.name for p in (output / "tiny").iterdir() if not p.name.startswith(".")) == ["1"]
+    # TF Serving ignores the hidden staging folder; the next export removes it and takes version 2.
+    second = export_model(result.run_dir, output=str(output))
+    assert os.path.basename(second.version_dir) == "2"
+    assert sorted(p.name for p in (output / "tiny").iterdir()) == ["1", "2"]

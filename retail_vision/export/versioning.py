@@ -19,11 +19,38 @@ def versions(model_dir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(model_dir) if name.isdigit())
 
 
+STAGING_PREFIX = ".export-"
+
+
+def remove_abandoned(model_dir: str) -> None:
+    """Delete staging folders of exports whose process is gone (killed with SIGKILL, say)."""
+    for name in os.listdir(model_dir):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staging_folder(model_dir: str):
-    """Yield a temporary folder in `model_dir`; it is removed if the block fails or is interrupted."""
+    """Yield a temporary folder in `model_dir`; it is removed if the block fails or is interrupted.
+
+    Its name carries the process id, so a later export can tell an abandoned one from a live one.
+    """
     os.makedirs(model_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=model_dir)
+    remove_abandoned(model_dir)
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir)
     # mkdtemp makes a private folder (0700); a published version must be readable by the server.
     umask = os.umask(0)
     os.umask(umask)
