@@ -190,3 +190,14 @@ def test_export_killed_midway_leaves_only_complete_versions(trained, tmp_path):
     second = export_model(result.run_dir, output=str(output))
     assert os.path.basename(second.version_dir) == "2"
     assert sorted(p.name for p in (output / "tiny").iterdir()) == ["1", "2"]
+
+
+def test_saved_model_rejects_non_image_bytes_with_an_error_and_keeps_serving(exported, trained):
+    import tensorflow as tf
+
+    _, _, samples = trained
+    serve = tf.saved_model.load(exported.version_dir).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image"):
+        serve(image_bytes=tf.constant([b"GET /etc/passwd"]))
+    good = serve(image_bytes=tf.constant([(samples / "red.jpg").read_bytes()]))
+    assert good["labels"].numpy()[0][0] == b"red-apple"
