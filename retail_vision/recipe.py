@@ -43,7 +43,9 @@ class DataConfig(_Section):
     resize: Literal["crop", "pad"] = Field(
         "crop", description="keep aspect ratio and center-crop, or pad, to the square input"
     )
-    cache: bool = Field(True, description="cache decoded, resized images in memory after the first epoch")
+    cache: bool = Field(
+        True, description="cache decoded, resized images after the first epoch: in memory if they fit, else in files"
+    )
     allow_outside_paths: bool = Field(
         False, description="let a manifest name files outside its own folder (refused by default)"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 
@@ -87,7 +88,8 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     state = checkpointing.RunState(run_dir)
 
     train_ds, val_ds = data.datasets(
-        image_size, recipe.data.resize, train_config.batch_size, train_config.seed, recipe.data.cache
+        image_size, recipe.data.resize, train_config.batch_size, train_config.seed, recipe.data.cache,
+        cache_folder=f"{run_dir}/cache",
     )
     augmenter = build_augmenter(recipe.augment, train_config.seed)
     training_model = _with_augmentation(classifier, augmenter, image_size)
@@ -163,6 +165,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
             seed=train_config.seed,
         )
         metrics["export"] = exported.version_dir
+    shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
     run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)  # last: marks the run finished
     return RunResult(run_dir, classifier, metrics, state.history)
 

@@ -176,3 +176,16 @@ def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(image_fold
     with pytest.raises(DataError, match="outside the manifest's folder"):
         sources.load_examples(str(image_folder / "abs.csv"))
     assert len(sources.load_examples(str(manifest), allow_outside_paths=True)) == 2
+
+
+def test_cache_goes_to_files_when_the_images_do_not_fit_in_memory(image_folder, tmp_path):
+    from retail_vision.data.pipeline import batched, cache_location, files_dataset
+
+    assert cache_location(100, 32, str(tmp_path / "small")) is True
+    location = cache_location(10**9, 224, str(tmp_path / "big"))
+    assert location == str(tmp_path / "big" / "images")
+    examples = sources.load_examples(str(image_folder))
+    dataset = batched(files_dataset(examples, 16, "crop"), 3, 8, False, 0, location, len(examples))
+    first = [labels.numpy().argmax(1).tolist() for _, labels in dataset]
+    assert any(name.startswith("images") for name in __import__("os").listdir(tmp_path / "big"))
+    assert [labels.numpy().argmax(1).tolist() for _, labels in dataset] == first  # second epoch from the files
