@@ -100,6 +100,9 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1, le=4096, description="images per step")
     seed: int = Field(42, description="seed for the split, shuffling, augmentation and initialisation")
+    mixed_precision: Union[Literal["auto"], bool] = Field(
+        "auto", description="float16 compute with a float32 softmax; auto: on when a GPU is visible (no gain on CPU)"
+    )
     deterministic: bool = Field(
         False, description="TF op determinism: same recipe + seed + machine give identical weights (slower on GPU)"
     )

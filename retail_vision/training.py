@@ -63,6 +63,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     _check_settings(recipe, data)
 
     keras.utils.set_random_seed(train_config.seed)
+    keras.mixed_precision.set_global_policy("mixed_float16" if _use_mixed_precision(train_config) else "float32")
     if train_config.deterministic:
         import tensorflow as tf
 
@@ -168,6 +169,14 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
     run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)  # last: marks the run finished
     return RunResult(run_dir, classifier, metrics, state.history)
+
+
+def _use_mixed_precision(train_config) -> bool:
+    if train_config.mixed_precision != "auto":
+        return train_config.mixed_precision
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _check_settings(recipe: Recipe, data: TrainingData) -> None:

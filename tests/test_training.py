@@ -127,3 +127,21 @@ def test_deterministic_runs_give_identical_weights(image_folder, tmp_path):
     assert first[1] == second[1]
     for a, b in zip(first[0], second[0]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_mixed_precision_keeps_a_float32_softmax(image_folder, tmp_path):
+    import keras
+
+    try:
+        result = run(image_folder, tmp_path, train={**tiny_recipe("", "")["train"], "mixed_precision": True,
+                                                    "fine_tune": {"epochs": 0}})
+        assert result.model.get_layer("predictions").dtype_policy.name == "float32"
+        assert get_backbone(result.model).get_layer("conv1").dtype_policy.name == "mixed_float16"
+        assert result.model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    cpu_only = run(image_folder, tmp_path / "auto", train={**tiny_recipe("", "")["train"], "fine_tune": {"epochs": 0}})
+    import tensorflow as tf
+
+    expected = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    assert get_backbone(cpu_only.model).get_layer("conv1").dtype_policy.name == expected  # auto
