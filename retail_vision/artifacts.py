@@ -33,11 +33,18 @@ class KerasPredictor(Predictor):
     kind = "keras"
 
     def __init__(self, model, labels, resize="crop"):
+        import tensorflow as tf
+
         super().__init__(labels, int(model.input_shape[1]), resize)
         self.model = model
+        # A plain call, not model.predict: under a tf.distribute strategy (a model just trained
+        # with one), predict splits and re-joins batches; a direct call computes each image once.
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def predict(self, images, batch_size: int = 32):
-        return self.model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+        images = np.asarray(images, np.float32)
+        batches = [self._call(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+        return np.concatenate(batches) if batches else np.zeros((0, self.model.output_shape[-1]), np.float32)
 
 
 def load_model(path: str):

@@ -79,8 +79,9 @@ def write_run_report(run_dir: str, model, labels: list[str], validation_examples
     examples = matched_examples(validation_examples, labels, root, run_dir)
     coarse_of, hierarchy_file = _hierarchy(None, root, labels)
 
-    def predict(images):
-        return np.asarray(model.predict_on_batch(np.asarray(images, np.float32)))
+    from retail_vision.artifacts import KerasPredictor
+
+    predict = KerasPredictor(model, labels, resize).predict
 
     return _score(
         predict, labels, int(model.input_shape[1]), resize, examples,

@@ -127,6 +127,17 @@ class ExportConfig(_Section):
     calibration_images: int = Field(200, ge=1, description="training images that calibrate int8 (seeded sample)")
 
 
+class DistributeConfig(_Section):
+    strategy: Literal["none", "mirrored", "multi_worker", "tpu"] = Field(
+        "none", description="tf.distribute strategy: one device, this machine's GPUs, hosts (TF_CONFIG), TPU"
+    )
+    devices: list[str] | None = Field(None, description="mirrored: devices to use, e.g. ['/gpu:0', '/gpu:1']; all")
+    tpu: str | None = Field(None, description="tpu: the TPU's name or grpc:// address; local TPU VM when unset")
+    lr_scaling: Literal["none", "linear"] = Field(
+        "none", description="learning rates as written, or multiplied by the number of replicas"
+    )
+
+
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="where run directories are created (relative to the working directory)")
 
@@ -138,6 +149,7 @@ class Recipe(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training-time augmentation")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the two training phases")
     export: ExportConfig = Field(default_factory=ExportConfig, description="artifacts written after training")
+    distribute: DistributeConfig = Field(default_factory=DistributeConfig, description="devices and hosts")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
 
     # === Loading ===

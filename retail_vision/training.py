@@ -11,11 +11,12 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
 
-from retail_vision import backbones, checkpointing, feature_cache, run_directory
+from retail_vision import backbones, checkpointing, distribution, feature_cache, run_directory
 from retail_vision.augment import build_augmenter
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.data.training_data import TrainingData, resolve_training_data
@@ -68,6 +69,14 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    cluster = distribution.make(recipe.distribute, train_config.batch_size)
+    with cluster.scope():
+        return _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+
+
+def _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
+    """Build, train, save: everything that creates variables happens under the strategy's scope."""
+    train_config = recipe.train
     classifier = build_classifier(
         recipe.model.backbone, len(data.class_names), recipe.model.weights, recipe.model.dropout, image_size,
         name=_model_name(recipe.name),
@@ -81,11 +90,24 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
                 "the lower layers frozen at random values; use 'all' or pretrained weights"
             )
 
+    if not cluster.is_chief:  # other workers train in step with the chief but keep nothing
+        worker_dir = tempfile.mkdtemp(prefix="retail-vision-worker-")
+        try:
+            return _train(recipe, worker_dir, spec, image_size, data, class_weight, cluster, verbose, classifier)
+        finally:
+            shutil.rmtree(worker_dir, ignore_errors=True)
     if run_dir is None:
         run_dir = run_directory.create(runs_dir, recipe.name)
         run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
         run_directory.write_text(run_dir, run_directory.LABELS_FILE, "\n".join(data.class_names) + "\n")
     _log(f"run directory: {run_dir}")
+    return _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbose, classifier)
+
+
+def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbose, classifier) -> RunResult:
+    """The two phases, the best model, the metrics and the report, in `run_dir`."""
+    train_config = recipe.train
+    backbone = get_backbone(classifier)
     state = checkpointing.RunState(run_dir)
 
     train_ds, val_ds = data.datasets(
@@ -110,7 +132,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
                 classifier, train_ds, val_ds, augmenter, head.augmented_views, train_config.batch_size,
                 train_config.seed, data.train_count,
             )
-        _compile(model, train_config, head.learning_rate, num_classes)
+        _compile(model, train_config, head.learning_rate * cluster.lr_factor, num_classes)
         phases.run("head", model, head_train, head_val, head.epochs, steps)
         checkpointing.save_weights(classifier, state.path(checkpointing.AFTER_HEAD_WEIGHTS))
         state.phases_done.append("head")
@@ -126,7 +148,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
             f"fine-tune: backbone layers {first}..{len(backbone.layers) - 1} trainable, "
             f"BatchNorm {fine_tune.batchnorm}"
         )
-        schedule = warmup_cosine(fine_tune.learning_rate, fine_tune.epochs * steps_per_epoch,
+        schedule = warmup_cosine(fine_tune.learning_rate * cluster.lr_factor, fine_tune.epochs * steps_per_epoch,
                                  round(fine_tune.warmup_epochs * steps_per_epoch))
         _compile(training_model, train_config, schedule, num_classes)
         phases.run("fine_tune", training_model, train_ds, val_ds, fine_tune.epochs)
@@ -150,14 +172,16 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
         "skipped_files": [dataclasses.asdict(s) for s in data.skipped],
         "image_size": image_size,
         "backbone": recipe.model.backbone,
+        "distribute": cluster.describe(recipe.distribute.strategy, train_config.batch_size,
+                                       recipe.distribute.lr_scaling),
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
-    if data.validation is not None:  # TFDS sources have no files to report on
+    if data.validation is not None and cluster.is_chief:  # TFDS sources have no files to report on
         from retail_vision.evaluate import write_run_report
 
         write_run_report(run_dir, classifier, data.class_names, data.validation, recipe.data.resize)
     _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")
-    if recipe.export.enabled:
+    if recipe.export.enabled and cluster.is_chief:
         from retail_vision.export import export_model
 
         exported = export_model(

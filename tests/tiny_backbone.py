@@ -31,7 +31,19 @@ def register():
         _registry.register(BackboneSpec(NAME, "test", build, 32, 1 / 127.5, -1.0, "none (tests only)", 16, "tests only"))
 
 
+def split_cpu(count: int) -> None:
+    """Present the CPU as `count` logical devices, so MirroredStrategy has replicas to mirror."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
 if __name__ == "__main__":
+    import os
+
+    if os.environ.get("TINY_LOGICAL_CPUS"):
+        split_cpu(int(os.environ["TINY_LOGICAL_CPUS"]))
     register()
     from retail_vision.cli import main
 

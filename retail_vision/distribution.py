@@ -1,0 +1,70 @@
+"""tf.distribute for `fit`: one machine's GPUs (mirrored), several hosts (multi_worker), TPUs.
+
+The recipe's batch size is the global batch; each replica gets batch / replicas. The learning
+rates are used as written (`lr_scaling: none`) or multiplied by the number of replicas
+(`linear`, the rule of Goyal et al. for large-batch SGD). Multi-worker jobs read the cluster
+from `TF_CONFIG`, the convention of tf.distribute; only the chief writes the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+
+from retail_vision.errors import RecipeError
+
+
+@dataclasses.dataclass
+class Distribution:
+    strategy: object | None  # a tf.distribute.Strategy, or None for plain single-device training
+    replicas: int
+    is_chief: bool
+    lr_factor: float
+
+    def scope(self):
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def describe(self, name: str, global_batch: int, lr_scaling: str) -> dict:
+        return {"strategy": name, "replicas": self.replicas, "global_batch": global_batch,
+                "per_replica_batch": global_batch // self.replicas, "lr_scaling": lr_scaling,
+                "lr_factor": self.lr_factor}
+
+
+def make(config, global_batch: int) -> Distribution:
+    """The strategy the recipe's `distribute` section asks for, checked against the batch size."""
+    if config.strategy == "none":
+        return Distribution(None, 1, True, 1.0)
+    import tensorflow as tf
+
+    if config.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy(devices=config.devices or None)
+    elif config.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise RecipeError("distribute.strategy: multi_worker needs TF_CONFIG describing the cluster (see docs)")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:  # tpu
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or "")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise RecipeError(
+            f"train.batch_size: {global_batch} does not divide over {replicas} replicas; "
+            f"use a multiple of {replicas}"
+        )
+    factor = float(replicas) if config.lr_scaling == "linear" else 1.0
+    return Distribution(strategy, replicas, _is_chief(config.strategy), factor)
+
+
+def _is_chief(strategy_name: str) -> bool:
+    """The chief is task 'chief', or worker 0 when the cluster names no chief."""
+    if strategy_name != "multi_worker":
+        return True
+    config = json.loads(os.environ["TF_CONFIG"])
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
