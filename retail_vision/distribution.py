@@ -41,9 +41,13 @@ def make(config, global_batch: int) -> Distribution:
     if config.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=config.devices or None)
     elif config.strategy == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise RecipeError("distribute.strategy: multi_worker needs TF_CONFIG describing the cluster (see docs)")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3 `fit` fails under MultiWorkerMirroredStrategy: its per-replica reductions assume
+        # one host (keras-team/keras#20585, checked with Keras 3.15 / TF 2.21 on 2 local workers).
+        # Refuse before any work rather than crash in the first step.
+        raise RecipeError(
+            "distribute.strategy: multi_worker does not train with Keras 3's fit yet (keras-team/keras#20585); "
+            "use mirrored for the GPUs of one host"
+        )
     else:  # tpu
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)

@@ -20,10 +20,16 @@ HEAD_LAYERS = ("head_dropout", "predictions")
 MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the features fit in this much memory
 
 
-def should_cache(setting, train_count: int, views: int, feature_dim: int) -> bool:
+# Where a cached head phase was tested; under TPU strategies `auto` trains the head uncached.
+STRATEGIES = ("none", "mirrored")
+
+
+def should_cache(setting, train_count: int, views: int, feature_dim: int, strategy: str = "none") -> bool:
     """`true`/`false` as asked; `auto` caches when the features fit the memory budget."""
     if setting != "auto":
         return bool(setting)
+    if strategy not in STRATEGIES:
+        return False
     return train_count * views * feature_dim * 4 <= MEMORY_BUDGET_BYTES
 
 

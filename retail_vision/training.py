@@ -126,7 +126,8 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
     if head.epochs and "head" not in state.phases_done:
         freezer.freeze()
         model, head_train, head_val, steps = training_model, train_ds, val_ds, None
-        if feature_cache.should_cache(head.cache_features, data.train_count, head.augmented_views, spec.feature_dim):
+        if feature_cache.should_cache(head.cache_features, data.train_count, head.augmented_views, spec.feature_dim,
+                                      recipe.distribute.strategy):
             _log(f"head: caching backbone features ({head.augmented_views if augmenter else 1} view(s) per image)")
             model, head_train, head_val, steps = feature_cache.cached_datasets(
                 classifier, train_ds, val_ds, augmenter, head.augmented_views, train_config.batch_size,
@@ -209,6 +210,11 @@ def _check_settings(recipe: Recipe, data: TrainingData) -> None:
         raise RecipeError(
             f"train.batch_size: {recipe.train.batch_size} is more than the {data.train_count} training images; "
             f"use at most {data.train_count}"
+        )
+    if recipe.train.head.cache_features is True and recipe.distribute.strategy not in feature_cache.STRATEGIES:
+        raise RecipeError(
+            f"train.head.cache_features: true is not supported with distribute.strategy "
+            f"{recipe.distribute.strategy!r}; use 'auto' (off there) or false"
         )
     if recipe.export.enabled and "int8" in recipe.export.tflite and data.train is None:
         raise RecipeError(

@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -47,34 +46,12 @@ def test_mirrored_over_two_logical_cpus_matches_the_single_device_run(tmp_path):
     assert [w.shape for w in head(mirrored).get_weights()] == [w.shape for w in head(single).get_weights()]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
-    photos = write_class_folders(tmp_path / "photos", per_class=6)
+def test_multi_worker_is_refused_cleanly_until_keras_supports_it(tmp_path):
+    """keras-team/keras#20585: Keras 3 fit fails under MultiWorkerMirroredStrategy (seen with 2 local workers)."""
+    photos = write_class_folders(tmp_path / "photos", per_class=4)
     recipe = _recipe(tmp_path, photos, tmp_path / "runs", strategy="multi_worker")
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        cwd = tmp_path / f"worker{index}"
-        cwd.mkdir()
-        workers.append(subprocess.Popen(TINY_CLI + ["fit", str(recipe)], env=env, cwd=cwd,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for worker in workers:
-            outputs.append(worker.communicate(timeout=240)[0])
-    finally:
-        for worker in workers:
-            worker.kill()
-    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    runs = list((tmp_path / "runs").iterdir())
-    assert len(runs) == 1  # the chief's run directory, and nothing from worker 1
-    metrics = _metrics(tmp_path / "runs")
-    assert metrics["distribute"]["replicas"] == 2 and metrics["distribute"]["strategy"] == "multi_worker"
-    assert not any(pathlib.Path("/tmp").glob("retail-vision-worker-*"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}})}
+    out = subprocess.run(TINY_CLI + ["fit", str(recipe)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "keras-team/keras#20585" in out.stderr
+    assert not (tmp_path / "runs").exists()
