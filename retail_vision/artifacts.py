@@ -98,6 +98,27 @@ class TFLitePredictor(Predictor):
         return self.runner.predict(np.clip(np.round(images), 0, 255).astype(np.uint8))
 
 
+class ImageNetPredictor(KerasPredictor):
+    """A pretrained backbone with its original 1000-class ImageNet head: proof that the weights work."""
+
+    kind = "imagenet"
+
+    def __init__(self, backbone: str):
+        import importlib.resources
+
+        import keras
+
+        from retail_vision import backbones
+
+        spec = backbones.get(backbone)
+        if spec.build_imagenet_classifier is None:
+            raise UserError(f"{backbone}: no offline ImageNet head; --imagenet works with efficientnet_lite0/1/2")
+        logits = spec.build_imagenet_classifier()
+        model = keras.Model(logits.input, keras.layers.Softmax(dtype="float32")(logits.output))
+        labels = (importlib.resources.files("retail_vision") / "resources" / "imagenet_labels.txt").read_text()
+        super().__init__(model, labels.splitlines(), "crop")
+
+
 def load_predictor(path: str) -> Predictor:
     """A predictor for any artifact kind; a one-line UserError when `path` is none of them."""
     if not os.path.exists(path):

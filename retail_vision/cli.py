@@ -156,8 +156,9 @@ def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_dro
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--imagenet", is_flag=True, help="MODEL is a backbone name: run it with its ImageNet head.")
 @_user_errors_exit_2
-def predict(model, images, top_k, as_json):
+def predict(model, images, top_k, as_json, imagenet):
     """Predict the classes of IMAGES (files or folders) with MODEL (run dir, .keras, SavedModel, .tflite)."""
     import json
 
@@ -165,7 +166,7 @@ def predict(model, images, top_k, as_json):
     from retail_vision.predict import as_json as to_json
     from retail_vision.predict import predict as run_predict
 
-    predictions, failures = run_predict(model, list(images), top_k=top_k)
+    predictions, failures = run_predict(model, list(images), top_k=top_k, imagenet=imagenet)
     if as_json:
         click.echo(json.dumps(to_json(predictions, failures), indent=2))
     else:

@@ -19,9 +19,14 @@ class Prediction:
     top_k: list[tuple[str, float]]  # (label, probability), best first
 
 
-def predict(model: str, inputs: list[str], top_k: int = 5, batch_size: int = 32):
-    """Return (predictions, failures) where failures are (file, reason) pairs."""
-    predictor = load_predictor(model)
+def predict(model: str, inputs: list[str], top_k: int = 5, batch_size: int = 32, imagenet: bool = False):
+    """Return (predictions, failures) where failures are (file, reason) pairs.
+
+    With `imagenet`, `model` names a backbone, run with its original ImageNet head.
+    """
+    from retail_vision.artifacts import ImageNetPredictor
+
+    predictor = ImageNetPredictor(model) if imagenet else load_predictor(model)
     files, failures = _image_files(inputs)
     predictions = []
     for start in range(0, len(files), batch_size):

