@@ -243,7 +243,7 @@ def apply_override(raw: dict, override: str) -> None:
 
 def _describe(error: dict, raw: dict) -> str:
     """One line from a pydantic error: dotted path, what is wrong, value received, a suggestion."""
-    loc = [part for part in error["loc"] if not _is_union_branch(part)]
+    loc = _without_union_branches(error["loc"])
     path = ".".join(str(part) for part in loc) or "recipe"
     kind = error["type"]
     value = error.get("input")
@@ -269,8 +269,14 @@ def _describe(error: dict, raw: dict) -> str:
     return f"{path}: received {_short(value)}; {error['msg'][0].lower()}{error['msg'][1:]}"
 
 
-def _is_union_branch(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part in {"float", "str", "int", "bool"})
+def _without_union_branches(loc: tuple) -> list:
+    """pydantic names the union branch it tried ('int', "literal['all']") inside the location; drop it."""
+    clean: list = []
+    for part in loc:
+        if typing.get_origin(_annotation_at(clean)) is Union and clean and not isinstance(part, int):
+            continue
+        clean.append(part)
+    return clean
 
 
 def _annotation_at(loc: list) -> Any:
