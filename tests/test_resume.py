@@ -78,3 +78,22 @@ def test_resume_without_a_run_is_a_one_line_error(tmp_path):
     out = subprocess.run(TINY_CLI + ["fit", str(recipe_file(tmp_path, photos, tmp_path / "none")), "--resume"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--resume: no run of 'tiny'" in out.stderr
+
+
+def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=40)
+    runs = tmp_path / "interrupted"
+    recipe = recipe_file(tmp_path, photos, runs)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(TINY_CLI + ["fit", str(recipe)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while fine_tune_epochs_done(runs) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted: every completed epoch is saved; continue with: retail-vision fit" in stderr
+    assert stderr.rstrip().endswith("--resume")
+    assert fine_tune_epochs_done(runs) >= 1 and not list(runs.glob("*/metrics.json"))
