@@ -26,6 +26,7 @@ def _metrics(runs):
     return json.loads(next(runs.glob("*/metrics.json")).read_text())
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: CI runs it with -m slow
 def test_mirrored_over_two_logical_cpus_matches_the_single_device_run(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=12)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TINY_LOGICAL_CPUS": "2"}

@@ -33,6 +33,7 @@ def fine_tune_epochs_done(runs: pathlib.Path) -> int:
     return 0
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: CI runs it with -m slow
 def test_sigkill_in_fine_tune_then_resume_matches_an_uninterrupted_run(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=40)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -80,6 +81,7 @@ def test_resume_without_a_run_is_a_one_line_error(tmp_path):
     assert out.returncode == 2 and "--resume: no run of 'tiny'" in out.stderr
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: CI runs it with -m slow
 def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=40)
     runs = tmp_path / "interrupted"

@@ -117,6 +117,7 @@ def test_feature_extractor_matches_the_classifiers_pooled_features():
                                atol=1e-6)
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: CI runs it with -m slow
 def test_deterministic_runs_give_identical_weights(image_folder, tmp_path):
     def weights(name):
         result = run(image_folder, tmp_path / name, augment={"enabled": True},
