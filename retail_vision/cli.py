@@ -66,7 +66,10 @@ def fit(recipe, runs_dir, overrides, resume):
         again = " ".join(["retail-vision fit", recipe, *(f"--set {o}" for o in overrides),
                           *(["--output", runs_dir] if runs_dir else []), "--resume"])
         click.echo(f"\ninterrupted: every completed epoch is saved; continue with: {again}", err=True)
-        sys.exit(130)
+        sys.stderr.flush()
+        # Leave without interpreter teardown: TensorFlow's threads, stopped mid-step by the
+        # interrupt, crashed it now and then (SIGSEGV). Everything worth keeping is on disk.
+        os._exit(130)
     click.echo(result.run_dir)
 
 

@@ -95,7 +95,7 @@ def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
     assert process.poll() is None, "the run finished before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-1500:]
     assert "interrupted: every completed epoch is saved; continue with: retail-vision fit" in stderr
     assert stderr.rstrip().endswith("--resume")
     assert fine_tune_epochs_done(runs) >= 1 and not list(runs.glob("*/metrics.json"))
