@@ -14,6 +14,10 @@ _EXPORTS = {
     "RunResult": "retail_vision.training",
     "build_classifier": "retail_vision.classifier",
     "load_model": "retail_vision.artifacts",
+    "load_predictor": "retail_vision.artifacts",
+    "export_model": "retail_vision.export",
+    "evaluate": "retail_vision.evaluation.evaluator",
+    "predict": "retail_vision.prediction",
     "UserError": "retail_vision.errors",
 }
 

@@ -119,7 +119,7 @@ def evaluate(model, data, as_json, report_dir, class_names, hierarchy):
     import json
 
     _quiet_tensorflow()
-    from retail_vision.evaluate import evaluate as run_evaluate
+    from retail_vision.evaluation.evaluator import evaluate as run_evaluate
     from retail_vision.evaluation.report import format_summary
 
     results = run_evaluate(model, data, report_dir=report_dir, class_names=class_names, hierarchy=hierarchy)
@@ -166,8 +166,8 @@ def predict(model, images, top_k, as_json, imagenet):
     import json
 
     _quiet_tensorflow()
-    from retail_vision.predict import as_json as to_json
-    from retail_vision.predict import predict as run_predict
+    from retail_vision.prediction import as_json as to_json
+    from retail_vision.prediction import predict as run_predict
 
     predictions, failures = run_predict(model, list(images), top_k=top_k, imagenet=imagenet)
     if as_json:

@@ -178,7 +178,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
     if data.validation is not None and cluster.is_chief:  # TFDS sources have no files to report on
-        from retail_vision.evaluate import write_run_report
+        from retail_vision.evaluation.evaluator import write_run_report
 
         write_run_report(run_dir, classifier, data.class_names, data.validation, recipe.data.resize)
     _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from retail_vision import Recipe, fit
-from retail_vision import evaluate as evaluate_module
+from retail_vision.evaluation import evaluator as evaluate_module
 from retail_vision.data.sources import load_examples
 from retail_vision.errors import DataError
-from retail_vision.evaluate import evaluate, write_run_report
+from retail_vision.evaluation.evaluator import evaluate, write_run_report
 from retail_vision.evaluation import metrics
 from retail_vision.evaluation.report import format_summary, write_report
 

@@ -93,7 +93,7 @@ def coarse_accuracy(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], c
 
 
 def compute(y_true, probs, labels: list[str], coarse_of: dict[str, str] | None = None) -> dict:
-    """Every summary metric as JSON-ready values (see `retail_vision.evaluate` for the keys)."""
+    """Every summary metric as JSON-ready values (see `retail_vision.evaluation.evaluator` for the keys)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape != (len(y_true), len(labels)):

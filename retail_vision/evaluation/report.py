@@ -2,7 +2,7 @@
 
     <report_dir>/
         report.md              the summary, tables and every picture, readable on GitHub or in an IDE
-        metrics.json           the metrics dict of `retail_vision.evaluate` (keys documented there)
+        metrics.json           the metrics dict of `retail_vision.evaluation.evaluator` (keys documented there)
         predictions.csv        file,true,predicted,confidence,top_k   (top_k: 'label:prob|label:prob...')
         confusion_matrix.csv   counts; rows true classes, columns predicted classes, model label order
         confusion_matrix.png, worst_mistakes.png, reliability.png
