@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import keras
 
@@ -88,19 +89,13 @@ class EpochRecorder(keras.callbacks.Callback):
         self.train_seconds: list[float] = []  # training steps only
 
     def on_epoch_begin(self, epoch, logs=None):
-        import time
-
         self._started = time.perf_counter()
         self._validation_started = None
 
     def on_test_begin(self, logs=None):
-        import time
-
         self._validation_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import time
-
         now = time.perf_counter()
         self.epoch_seconds.append(now - self._started)
         self.train_seconds.append((self._validation_started or now) - self._started)

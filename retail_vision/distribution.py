@@ -2,16 +2,14 @@
 
 The recipe's batch size is the global batch; each replica gets batch / replicas. The learning
 rates are used as written (`lr_scaling: none`) or multiplied by the number of replicas
-(`linear`, the rule of Goyal et al. for large-batch SGD). Multi-worker jobs read the cluster
-from `TF_CONFIG`, the convention of tf.distribute; only the chief writes the run directory.
+(`linear`, the rule of Goyal et al. for large-batch SGD). All strategies supported today run in
+one process, which writes the run directory; multi-worker training is refused (see below).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 
 from retail_vision.errors import RecipeError
 
@@ -20,7 +18,6 @@ from retail_vision.errors import RecipeError
 class Distribution:
     strategy: object | None  # a tf.distribute.Strategy, or None for plain single-device training
     replicas: int
-    is_chief: bool
     lr_factor: float
 
     def scope(self):
@@ -35,7 +32,7 @@ class Distribution:
 def make(config, global_batch: int) -> Distribution:
     """The strategy the recipe's `distribute` section asks for, checked against the batch size."""
     if config.strategy == "none":
-        return Distribution(None, 1, True, 1.0)
+        return Distribution(None, 1, 1.0)
     import tensorflow as tf
 
     if config.strategy == "mirrored":
@@ -60,15 +57,4 @@ def make(config, global_batch: int) -> Distribution:
             f"use a multiple of {replicas}"
         )
     factor = float(replicas) if config.lr_scaling == "linear" else 1.0
-    return Distribution(strategy, replicas, _is_chief(config.strategy), factor)
-
-
-def _is_chief(strategy_name: str) -> bool:
-    """The chief is task 'chief', or worker 0 when the cluster names no chief."""
-    if strategy_name != "multi_worker":
-        return True
-    config = json.loads(os.environ["TF_CONFIG"])
-    task = config.get("task", {})
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+    return Distribution(strategy, replicas, factor)

@@ -11,7 +11,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 
 import keras
@@ -90,12 +89,6 @@ def _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weigh
                 "the lower layers frozen at random values; use 'all' or pretrained weights"
             )
 
-    if not cluster.is_chief:  # other workers train in step with the chief but keep nothing
-        worker_dir = tempfile.mkdtemp(prefix="retail-vision-worker-")
-        try:
-            return _train(recipe, worker_dir, spec, image_size, data, class_weight, cluster, verbose, classifier)
-        finally:
-            shutil.rmtree(worker_dir, ignore_errors=True)
     if run_dir is None:
         run_dir = run_directory.create(runs_dir, recipe.name)
         run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
@@ -177,12 +170,12 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
                                        recipe.distribute.lr_scaling),
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
-    if data.validation is not None and cluster.is_chief:  # TFDS sources have no files to report on
+    if data.validation is not None:  # TFDS sources have no files to report on
         from retail_vision.evaluation.evaluator import write_run_report
 
         write_run_report(run_dir, classifier, data.class_names, data.validation, recipe.data.resize)
     _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")
-    if recipe.export.enabled and cluster.is_chief:
+    if recipe.export.enabled:
         from retail_vision.export import export_model
 
         exported = export_model(

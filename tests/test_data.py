@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from retail_vision.data import sources
 from retail_vision.data.scan import check_image, scan

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from retail_vision.cli import main
 
-from conftest import GROCERY, REPO
+from conftest import REPO
 
 pytestmark = pytest.mark.real_data
 RECIPE = REPO / "recipes" / "grocery_store.yaml"

@@ -1,6 +1,5 @@
 """No input makes the recipe loader or the --set parser raise anything but a one-line RecipeError."""
 
-import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 

@@ -18,7 +18,7 @@ def run(image_folder, tmp_path, **sections):
 
 
 def test_fit_trains_both_phases_and_writes_the_run_directory(image_folder, tmp_path):
-    result = run(image_folder, tmp_path, augment={"enabled": True})
+    run(image_folder, tmp_path, augment={"enabled": True})
     files = {p.name for p in (tmp_path / "runs").glob("*/*")}
     assert {"recipe.yaml", "labels.txt", "model.keras", "history.json", "metrics.json", "logs"} <= files
     metrics = json.loads((tmp_path / "runs").glob("*/metrics.json").__next__().read_text())

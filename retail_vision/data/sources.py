@@ -161,14 +161,20 @@ def _looks_like_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _read_class_names(path: str) -> dict[int, str]:
-    """One name per line (line i = id i), or CSV rows `name,id,...` with an optional header."""
+def read_class_table(path: str, what: str) -> list[list[str]]:
+    """Rows of a class table (`name` per line, or CSV `name,id,...`), without its header row if any."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: class-name file not found (data.class_names)")
+        raise DataError(f"{path}: {what} not found")
     with open(path, encoding="utf-8", newline="") as handle:
         rows = [row for row in csv.reader(handle, skipinitialspace=True) if row and row[0].strip()]
     if rows and len(rows[0]) >= 2 and not rows[0][1].strip().isdigit():
-        rows = rows[1:]
+        rows = rows[1:]  # a header such as "Class Name (str),Class ID (int),..."
+    return rows
+
+
+def _read_class_names(path: str) -> dict[int, str]:
+    """One name per line (line i = id i), or CSV rows `name,id,...` with an optional header."""
+    rows = read_class_table(path, "class-name file (data.class_names)")
     if rows and len(rows[0]) >= 2:
         return {int(row[1]): row[0].strip() for row in rows}
     return {i: row[0].strip() for i, row in enumerate(rows)}

@@ -31,7 +31,6 @@ to two folders above it is used as the hierarchy unless one is given.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -157,12 +156,7 @@ def find_hierarchy(data: str) -> str | None:
 
 def read_hierarchy(path: str) -> dict[str, str]:
     """Rows `fine name, fine id, coarse name, ...` with an optional header, like Grocery Store's classes.csv."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: hierarchy file not found")
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = [row for row in csv.reader(handle, skipinitialspace=True) if row and row[0].strip()]
-    if rows and len(rows[0]) >= 2 and not rows[0][1].strip().isdigit():
-        rows = rows[1:]  # the header
+    rows = sources.read_class_table(path, "hierarchy file")
     bad = next((n for n, row in enumerate(rows, 1) if len(row) < 3 or not row[2].strip()), None)
     if not rows or bad is not None:
         raise DataError(f"{path}: expected rows 'fine name, fine id, coarse name, ...' "
