@@ -11,22 +11,23 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
 
-from retail_vision import backbones, checkpointing, distribution, feature_cache, run_directory
+from retail_vision import backbones, checkpointing, distribution, feature_cache, multi_worker, run_directory
 from retail_vision.augment import build_augmenter
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.data.training_data import TrainingData, resolve_training_data
-from retail_vision.errors import RecipeError
+from retail_vision.errors import RecipeError, UserError
 from retail_vision.freezing import BackboneFreezer, first_trainable_index
 from retail_vision.recipe import Recipe
 
 
 @dataclasses.dataclass
 class RunResult:
-    run_dir: str
+    run_dir: str | None  # None on a multi-worker run's non-chief workers, which keep nothing
     model: keras.Model
     metrics: dict
     history: dict
@@ -45,6 +46,9 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     runs_dir = runs_dir or recipe.output.runs_dir
     if train_config.head.epochs == 0 and train_config.fine_tune.epochs == 0:
         raise RecipeError("train: head.epochs and fine_tune.epochs are both 0; nothing to train")
+    if resume and recipe.distribute.strategy == "multi_worker":
+        # The other workers keep no checkpoints of their own to restore in step with the chief.
+        raise UserError("--resume: not supported with distribute.strategy multi_worker; start a new run")
     run_dir = run_directory.find_resumable(runs_dir, recipe) if resume else None
     if run_dir and run_directory.is_finished(run_dir):
         _log(f"{run_dir} already finished; nothing to resume")
@@ -62,15 +66,38 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     class_weight = _class_weights(data) if train_config.class_weights == "auto" else None
     _check_settings(recipe, data)
 
+    # First TensorFlow work: a multi-worker strategy must configure collectives before anything runs.
+    cluster = distribution.make(recipe.distribute, train_config.batch_size)
     keras.utils.set_random_seed(train_config.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if _use_mixed_precision(train_config) else "float32")
     if train_config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    cluster = distribution.make(recipe.distribute, train_config.batch_size)
+    if cluster.is_chief:
+        return _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+    # The other workers train in step with the chief but keep nothing (the tf.distribute convention).
+    with tempfile.TemporaryDirectory(prefix="retail-vision-worker-") as scratch:
+        result = _fit_and_finish(recipe, None, scratch, spec, image_size, data, class_weight, cluster, verbose)
+    return dataclasses.replace(result, run_dir=None)
+
+
+def _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
     with cluster.scope():
-        return _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+        result = _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+    # Out of the scope: export loads the model anew, and creating variables under a multi-worker
+    # strategy is a collective that the other workers would never join.
+    if recipe.export.enabled and cluster.is_chief:
+        from retail_vision.export import export_model
+
+        exported = export_model(
+            result.run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
+            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
+            seed=recipe.train.seed,
+        )
+        result.metrics["export"] = exported.version_dir
+    run_directory.write_json(result.run_dir, run_directory.METRICS_FILE, result.metrics)  # last: marks the run finished
+    return result
 
 
 def _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
@@ -108,7 +135,8 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         cache_folder=f"{run_dir}/cache",
     )
     augmenter = build_augmenter(recipe.augment, train_config.seed)
-    training_model = _with_augmentation(classifier, augmenter, image_size)
+    model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
+    training_model = _with_augmentation(classifier, augmenter, image_size, model_class)
     steps_per_epoch = math.ceil(data.train_count / train_config.batch_size)
     freezer = BackboneFreezer(backbone)
     phases = _PhaseRunner(classifier, state, train_config, class_weight, run_dir, verbose, data.train_count)
@@ -175,17 +203,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
 
         write_run_report(run_dir, classifier, data.class_names, data.validation, recipe.data.resize)
     _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")
-    if recipe.export.enabled:
-        from retail_vision.export import export_model
-
-        exported = export_model(
-            run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
-            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
-            seed=train_config.seed,
-        )
-        metrics["export"] = exported.version_dir
     shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
-    run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)  # last: marks the run finished
     return RunResult(run_dir, classifier, metrics, state.history)
 
 
@@ -279,15 +297,15 @@ class _PhaseRunner:
         self.state.save()
 
 
-def _with_augmentation(classifier: keras.Model, augmenter, image_size: int) -> keras.Model:
+def _with_augmentation(classifier: keras.Model, augmenter, image_size: int, model_class=keras.Model) -> keras.Model:
     """The model that `fit` trains: augmentation (active only in training) in front of the classifier.
 
     The classifier is wrapped even without augmentation, so it is never compiled itself and
-    its saved file carries no optimizer state.
+    its saved file carries no optimizer state. `model_class`: multi_worker.TrainingModel there.
     """
     images = keras.Input(shape=(image_size, image_size, 3), name="image")
     augmented = augmenter(images) if augmenter is not None else images
-    return keras.Model(images, classifier(augmented), name="training_model")
+    return model_class(images, classifier(augmented), name="training_model")
 
 
 def _compile(model, train_config, learning_rate, num_classes: int) -> None:
