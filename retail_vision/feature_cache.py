@@ -20,7 +20,8 @@ HEAD_LAYERS = ("head_dropout", "predictions")
 MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the features fit in this much memory
 
 
-# Where a cached head phase was tested; under TPU strategies `auto` trains the head uncached.
+# Where a cached head phase was tested; elsewhere `auto` trains the head uncached. Not multi_worker:
+# the head model is a plain keras.Model, which fit cannot train there (see multi_worker.py).
 STRATEGIES = ("none", "mirrored")
 
 

@@ -105,6 +105,23 @@ def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
     assert list((other / "tmp").iterdir()) == []
 
 
+@pytest.mark.parametrize("cluster, task_type, task_id, chief", [
+    ({"worker": ["a:1", "b:1"]}, "worker", 0, True),
+    ({"worker": ["a:1", "b:1"]}, "worker", 1, False),
+    ({"chief": ["a:1"], "worker": ["b:1"]}, "chief", 0, True),
+    ({"chief": ["a:1"], "worker": ["b:1"]}, "worker", 0, False),
+    ({}, None, None, True),  # no TF_CONFIG: this host alone
+])
+def test_the_chief_is_task_chief_or_else_worker_0(cluster, task_type, task_id, chief):
+    import tensorflow as tf
+
+    from retail_vision.distribution import _is_chief
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+    assert _is_chief(resolver) is chief
+
+
 @pytest.mark.parametrize("args, message", [
     (["--resume"], "--resume: not supported with distribute.strategy multi_worker"),
     (["--set", "train.head.cache_features=true"],
