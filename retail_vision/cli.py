@@ -63,12 +63,9 @@ def fit(recipe, runs_dir, overrides, resume):
     try:
         result = run_fit(loaded, runs_dir=runs_dir, resume=resume)
     except KeyboardInterrupt:
-        if loaded.distribute.strategy == "multi_worker":  # where --resume is refused
-            click.echo("\ninterrupted: multi-worker runs cannot resume; start a new run", err=True)
-        else:
-            again = " ".join(["retail-vision fit", recipe, *(f"--set {o}" for o in overrides),
-                              *(["--output", runs_dir] if runs_dir else []), "--resume"])
-            click.echo(f"\ninterrupted: every completed epoch is saved; continue with: {again}", err=True)
+        again = " ".join(["retail-vision fit", recipe, *(f"--set {o}" for o in overrides),
+                          *(["--output", runs_dir] if runs_dir else []), "--resume"])
+        click.echo(f"\ninterrupted: every completed epoch is saved; continue with: {again}", err=True)
         sys.stderr.flush()
         # Leave without interpreter teardown: TensorFlow's threads, stopped mid-step by the
         # interrupt, crashed it now and then (SIGSEGV). Everything worth keeping is on disk.

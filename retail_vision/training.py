@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from retail_vision import backbones, checkpointing, distribution, feature_cache,
 from retail_vision.augment import build_augmenter
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.data.training_data import TrainingData, resolve_training_data
-from retail_vision.errors import RecipeError, UserError
+from retail_vision.errors import RecipeError
 from retail_vision.freezing import BackboneFreezer, first_trainable_index
 from retail_vision.recipe import Recipe
 
@@ -46,9 +47,6 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     runs_dir = runs_dir or recipe.output.runs_dir
     if train_config.head.epochs == 0 and train_config.fine_tune.epochs == 0:
         raise RecipeError("train: head.epochs and fine_tune.epochs are both 0; nothing to train")
-    if resume and recipe.distribute.strategy == "multi_worker":
-        # The other workers keep no checkpoints of their own to restore in step with the chief.
-        raise UserError("--resume: not supported with distribute.strategy multi_worker; start a new run")
     run_dir = run_directory.find_resumable(runs_dir, recipe) if resume else None
     if run_dir and run_directory.is_finished(run_dir):
         _log(f"{run_dir} already finished; nothing to resume")
@@ -78,8 +76,20 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
         return _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
     # The other workers train in step with the chief but keep nothing (the tf.distribute convention).
     with tempfile.TemporaryDirectory(prefix="retail-vision-worker-") as scratch:
-        result = _fit_and_finish(recipe, None, scratch, spec, image_size, data, class_weight, cluster, verbose)
+        copy = _copy_checkpoints(run_dir, scratch) if run_dir else None
+        result = _fit_and_finish(recipe, copy, scratch, spec, image_size, data, class_weight, cluster, verbose)
     return dataclasses.replace(result, run_dir=None)
+
+
+def _copy_checkpoints(run_dir: str, scratch: str) -> str:
+    """A run directory in `scratch` holding `run_dir`'s checkpoints: a non-chief resumes from it, writing nothing there.
+
+    The chief writes its checkpoints only at the end of an epoch, which needs this worker's steps:
+    the copy is made before them, so it is the state that the chief resumes from too.
+    """
+    copy = os.path.join(scratch, os.path.basename(run_dir))
+    shutil.copytree(os.path.join(run_dir, checkpointing.CHECKPOINTS), os.path.join(copy, checkpointing.CHECKPOINTS))
+    return copy
 
 
 def _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
@@ -280,6 +290,9 @@ class _PhaseRunner:
             verbose=self.verbose,
             shuffle=False,  # the tf.data pipeline already shuffles, seeded
         )
+        # A restoring BackupAndRestore leaves its epoch on the model, and the next phase's fit on the
+        # same model would start from it instead of `initial_epoch` (Keras 3.15 trainer.fit).
+        model._initial_epoch = None
         wall = time.perf_counter() - started
         phase = [i for i, p in enumerate(self.state.history["phase"]) if p == name]
         ran_now = len(recorder.epoch_seconds)

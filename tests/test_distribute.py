@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -52,42 +53,48 @@ def test_mirrored_over_two_logical_cpus_matches_the_single_device_run(tmp_path):
     assert [w.shape for w in head(mirrored).get_weights()] == [w.shape for w in head(single).get_weights()]
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
+def _start_workers(tmp_path, recipe, *args):
+    """Two `fit` processes on this host, worker 0 and worker 1 of one TF_CONFIG cluster."""
+    sockets = [socket.socket() for _ in range(2)]
     for sock in sockets:
         sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
+    cluster = {"worker": [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]}
     for sock in sockets:
         sock.close()
-    return ports
-
-
-@pytest.mark.slow  # about a minute on 2 cores
-def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
-    photos = write_class_folders(tmp_path / "photos", per_class=12)
-    recipe = _recipe(tmp_path, photos, tmp_path / "recipe-runs", strategy="multi_worker")
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = []
     for index in range(2):
         folder = tmp_path / f"worker{index}"
-        (folder / "tmp").mkdir(parents=True)
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(folder / "tmp"),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        command = TINY_CLI + ["fit", str(recipe), "--set", f"output.runs_dir={folder / 'runs'}",
-                              "--set", "export.enabled=true", "--set", f"export.output={folder / 'exported'}"]
+        command = TINY_CLI + ["fit", str(recipe), *(arg.format(folder=folder) for arg in args)]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return workers
+
+
+def _finish(workers, timeout=240):
+    """(stdout, stderr) of each worker, which must both exit 0 within `timeout` seconds (they run in step)."""
     try:
-        outputs = [worker.communicate(timeout=240) for worker in workers]  # one bound for both: they run in step
+        outputs = [worker.communicate(timeout=timeout) for worker in workers]
     finally:
         for worker in workers:
             worker.kill()
     for worker, (_, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr[-3000:]
+    return outputs
+
+
+@pytest.mark.slow  # 70 to 115 s on 2 cores
+def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=12)
+    recipe = _recipe(tmp_path, photos, tmp_path / "recipe-runs", strategy="multi_worker")
+    outputs = _finish(_start_workers(tmp_path, recipe, "--set", "output.runs_dir={folder}/runs", "--set",
+                                     "export.enabled=true", "--set", "export.output={folder}/exported"))
 
     chief, other = tmp_path / "worker0", tmp_path / "worker1"
     (run_dir,) = (chief / "runs").iterdir()
     assert outputs[0][0].splitlines()[-1] == str(run_dir) and str(tmp_path) not in outputs[1][0]
-    # Epoch logs are summed over both workers, so both take the same decisions (best epoch, early stopping).
+    # Epoch logs count both workers' images, so both take the same decisions (best epoch, early stopping).
     val_accuracy = [re.findall(r"val_accuracy: ([0-9.]+)", stdout) for stdout, _ in outputs]
     assert len(val_accuracy[0]) == 4 and val_accuracy[0] == val_accuracy[1]
     metrics = _metrics(chief / "runs")
@@ -103,6 +110,39 @@ def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
     assert not (other / "runs").exists() and not (other / "exported").exists()
     assert not (tmp_path / "recipe-runs").exists()  # both took the runs folder from --set
     assert list((other / "tmp").iterdir()) == []
+
+
+def _epochs_done(runs) -> int:
+    for state in runs.glob("*/checkpoints/state.json"):
+        try:
+            return len(json.loads(state.read_text())["history"].get("phase", []))
+        except (ValueError, KeyError):
+            return 0
+    return 0
+
+
+@pytest.mark.slow  # about 2 minutes on 2 cores
+def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoints(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=12)
+    runs = tmp_path / "runs"  # one folder that both workers see, as on a shared file system
+    recipe = _recipe(tmp_path, photos, runs, strategy="multi_worker")
+    workers = _start_workers(tmp_path, recipe)
+    deadline = time.monotonic() + 240
+    while _epochs_done(runs) < 1 and workers[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers[0].poll() is None, "worker 0 ended before it could be killed"
+    for worker in workers:
+        worker.kill()
+        worker.communicate()
+    done_at_kill = _epochs_done(runs)
+    assert 1 <= done_at_kill < 4 and not list(runs.glob("*/metrics.json"))
+
+    outputs = _finish(_start_workers(tmp_path, recipe, "--resume"))
+    (run_dir,) = runs.iterdir()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["phase"] == ["head"] * 3 + ["fine_tune"]  # no epoch repeated or skipped
+    for _, stderr in outputs:  # the other worker restored the same epoch from its copy
+        assert f"phase head: 3 epochs (resuming after epoch {done_at_kill})" in stderr
 
 
 @pytest.mark.parametrize("cluster, task_type, task_id, chief", [
@@ -122,15 +162,11 @@ def test_the_chief_is_task_chief_or_else_worker_0(cluster, task_type, task_id, c
     assert _is_chief(resolver) is chief
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--resume"], "--resume: not supported with distribute.strategy multi_worker"),
-    (["--set", "train.head.cache_features=true"],
-     "train.head.cache_features: true is not supported with distribute.strategy 'multi_worker'"),
-])
-def test_multi_worker_refuses_what_it_cannot_do_with_one_line(tmp_path, args, message):
+def test_multi_worker_refuses_cached_features_with_one_line(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=4)
     recipe = _recipe(tmp_path, photos, tmp_path / "runs", strategy="multi_worker")
-    result = CliRunner().invoke(main, ["fit", str(recipe), *args])
+    result = CliRunner().invoke(main, ["fit", str(recipe), "--set", "train.head.cache_features=true"])
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 2 and len(errors) == 1 and message in errors[0], result.output[-500:]
+    assert result.exit_code == 2 and len(errors) == 1, result.output[-500:]
+    assert "train.head.cache_features: true is not supported with distribute.strategy 'multi_worker'" in errors[0]
     assert not (tmp_path / "runs").exists()
