@@ -93,6 +93,7 @@ def _copy_checkpoints(run_dir: str, scratch: str) -> str:
 
 
 def _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
+    """Train under the strategy's scope; then export (the chief only) and write metrics.json."""
     with cluster.scope():
         result = _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
     # Out of the scope: export loads the model anew, and creating variables under a multi-worker

@@ -130,12 +130,13 @@ def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoints(tmp_path)
     deadline = time.monotonic() + 240
     while _epochs_done(runs) < 1 and workers[0].poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert workers[0].poll() is None, "worker 0 ended before it could be killed"
+    ended = workers[0].poll() is not None
     for worker in workers:
         worker.kill()
         worker.communicate()
+    assert not ended, "worker 0 ended before it could be killed"
     done_at_kill = _epochs_done(runs)
-    assert 1 <= done_at_kill < 4 and not list(runs.glob("*/metrics.json"))
+    assert 1 <= done_at_kill < 3 and not list(runs.glob("*/metrics.json"))  # killed in the head phase
 
     outputs = _finish(_start_workers(tmp_path, recipe, "--resume"))
     (run_dir,) = runs.iterdir()
