@@ -163,7 +163,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
             _log(f"head: caching backbone features ({head.augmented_views if augmenter else 1} view(s) per image)")
             model, head_train, head_val, steps = feature_cache.cached_datasets(
                 classifier, train_ds, val_ds, augmenter, head.augmented_views, train_config.batch_size,
-                train_config.seed, data.train_count,
+                train_config.seed, data.train_count, model_class,
             )
         _compile(model, train_config, head.learning_rate * cluster.lr_factor, num_classes)
         phases.run("head", model, head_train, head_val, head.epochs, steps)
@@ -315,7 +315,7 @@ def _with_augmentation(classifier: keras.Model, augmenter, image_size: int, mode
     """The model that `fit` trains: augmentation (active only in training) in front of the classifier.
 
     The classifier is wrapped even without augmentation, so it is never compiled itself and
-    its saved file carries no optimizer state. `model_class`: multi_worker.TrainingModel there.
+    its saved file carries no optimizer state. `model_class`: multi_worker.TrainingModel under that strategy.
     """
     images = keras.Input(shape=(image_size, image_size, 3), name="image")
     augmented = augmenter(images) if augmenter is not None else images
