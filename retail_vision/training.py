@@ -315,7 +315,7 @@ def _with_augmentation(classifier: keras.Model, augmenter, image_size: int, mode
     """The model that `fit` trains: augmentation (active only in training) in front of the classifier.
 
     The classifier is wrapped even without augmentation, so it is never compiled itself and
-    its saved file carries no optimizer state. `model_class`: multi_worker.TrainingModel under that strategy.
+    its saved file carries no optimizer state. `model_class`: multi_worker.TrainingModel under `multi_worker`.
     """
     images = keras.Input(shape=(image_size, image_size, 3), name="image")
     augmented = augmenter(images) if augmenter is not None else images

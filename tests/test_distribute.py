@@ -81,7 +81,7 @@ def _finish(workers, timeout=240):
     return outputs
 
 
-@pytest.mark.slow  # 70 to 115 s on 2 cores
+@pytest.mark.slow  # 40 to 105 s on 2 busy cores
 def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=12)
     recipe = _recipe(tmp_path, photos, tmp_path / "recipe-runs", strategy="multi_worker")
@@ -120,7 +120,7 @@ def _epochs_done(runs) -> int:
     return 0
 
 
-@pytest.mark.slow  # about 2 minutes on 2 cores
+@pytest.mark.slow  # 70 to 120 s on 2 busy cores
 def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoints(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=12)
     runs = tmp_path / "runs"  # one folder that both workers see, as on a shared file system
