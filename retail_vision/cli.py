@@ -70,7 +70,8 @@ def fit(recipe, runs_dir, overrides, resume):
         # Leave without interpreter teardown: TensorFlow's threads, stopped mid-step by the
         # interrupt, crashed it now and then (SIGSEGV). Everything worth keeping is on disk.
         os._exit(130)
-    click.echo(result.run_dir)
+    if result.run_dir:  # None on the non-chief workers of a multi-worker run
+        click.echo(result.run_dir)
 
 
 @main.command()

@@ -2,8 +2,8 @@
 
 The recipe's batch size is the global batch; each replica gets batch / replicas. The learning
 rates are used as written (`lr_scaling: none`) or multiplied by the number of replicas
-(`linear`, the rule of Goyal et al. for large-batch SGD). All strategies supported today run in
-one process, which writes the run directory; multi-worker training is refused (see below).
+(`linear`, the rule of Goyal et al. for large-batch SGD). Under `multi_worker` every worker runs
+`fit` in step with the others, and only the chief keeps what it writes (`Distribution.is_chief`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ class Distribution:
     strategy: object | None  # a tf.distribute.Strategy, or None for plain single-device training
     replicas: int
     lr_factor: float
+    is_chief: bool = True  # writes the run directory, checkpoints and export; False on other workers
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
@@ -38,13 +39,7 @@ def make(config, global_batch: int) -> Distribution:
     if config.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=config.devices or None)
     elif config.strategy == "multi_worker":
-        # Keras 3 `fit` fails under MultiWorkerMirroredStrategy: its per-replica reductions assume
-        # one host (keras-team/keras#20585, checked with Keras 3.15 / TF 2.21 on 2 local workers).
-        # Refuse before any work rather than crash in the first step.
-        raise RecipeError(
-            "distribute.strategy: multi_worker does not train with Keras 3's fit yet (keras-team/keras#20585); "
-            "use mirrored for the GPUs of one host"
-        )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster comes from TF_CONFIG
     else:  # tpu
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)
@@ -57,4 +52,15 @@ def make(config, global_batch: int) -> Distribution:
             f"use a multiple of {replicas}"
         )
     factor = float(replicas) if config.lr_scaling == "linear" else 1.0
-    return Distribution(strategy, replicas, factor)
+    chief = _is_chief(strategy.cluster_resolver) if config.strategy == "multi_worker" else True
+    return Distribution(strategy, replicas, factor, chief)
+
+
+def _is_chief(resolver) -> bool:
+    """The tf.distribute convention: the `chief` task, or worker 0 when the cluster has no chief.
+
+    Without TF_CONFIG the strategy runs on this host alone, which is then the chief.
+    """
+    if resolver.task_type in (None, "chief"):
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs

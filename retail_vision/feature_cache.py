@@ -21,7 +21,7 @@ MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the features fit in this m
 
 
 # Where a cached head phase was tested; under TPU strategies `auto` trains the head uncached.
-STRATEGIES = ("none", "mirrored")
+STRATEGIES = ("none", "mirrored", "multi_worker")
 
 
 def should_cache(setting, train_count: int, views: int, feature_dim: int, strategy: str = "none") -> bool:
@@ -39,13 +39,16 @@ def feature_extractor(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.input, pooled, name="feature_extractor")
 
 
-def head_model(classifier: keras.Model) -> keras.Model:
-    """pooled features -> probabilities, made of the classifier's own head layers."""
+def head_model(classifier: keras.Model, model_class=keras.Model) -> keras.Model:
+    """pooled features -> probabilities, made of the classifier's own head layers.
+
+    `model_class`: multi_worker.TrainingModel when it trains on several workers.
+    """
     features = keras.Input(shape=(classifier.get_layer("pool").output.shape[-1],), name="features")
     x = features
     for name in HEAD_LAYERS:
         x = classifier.get_layer(name)(x)
-    return keras.Model(features, x, name="head")
+    return model_class(features, x, name="head")
 
 
 def extract(extractor: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1):
@@ -66,7 +69,7 @@ def extract(extractor: keras.Model, dataset: tf.data.Dataset, augmenter=None, vi
 
 
 def cached_datasets(classifier, train_ds, val_ds, augmenter, views: int, batch_size: int, seed: int,
-                    train_count: int):
+                    train_count: int, model_class=keras.Model):
     """The head model and its (train, val) datasets of cached features, plus steps per epoch.
 
     With K views the training set holds K*N features; each epoch draws N of them at random, so
@@ -85,4 +88,4 @@ def cached_datasets(classifier, train_ds, val_ds, augmenter, views: int, batch_s
         .prefetch(tf.data.AUTOTUNE)
     )
     val = tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(batch_size)
-    return head_model(classifier), train, val, math.ceil(train_count / batch_size)
+    return head_model(classifier, model_class), train, val, math.ceil(train_count / batch_size)

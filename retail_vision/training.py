@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
 
-from retail_vision import backbones, checkpointing, distribution, feature_cache, run_directory
+from retail_vision import backbones, checkpointing, distribution, feature_cache, multi_worker, run_directory
 from retail_vision.augment import build_augmenter
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.data.training_data import TrainingData, resolve_training_data
@@ -26,7 +28,7 @@ from retail_vision.recipe import Recipe
 
 @dataclasses.dataclass
 class RunResult:
-    run_dir: str
+    run_dir: str | None  # None on a multi-worker run's non-chief workers, which keep nothing
     model: keras.Model
     metrics: dict
     history: dict
@@ -62,15 +64,51 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     class_weight = _class_weights(data) if train_config.class_weights == "auto" else None
     _check_settings(recipe, data)
 
+    # First TensorFlow work: a multi-worker strategy must configure collectives before anything runs.
+    cluster = distribution.make(recipe.distribute, train_config.batch_size)
     keras.utils.set_random_seed(train_config.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if _use_mixed_precision(train_config) else "float32")
     if train_config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    cluster = distribution.make(recipe.distribute, train_config.batch_size)
+    if cluster.is_chief:
+        return _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+    # The other workers train in step with the chief but keep nothing (the tf.distribute convention).
+    with tempfile.TemporaryDirectory(prefix="retail-vision-worker-") as scratch:
+        copy = _copy_checkpoints(run_dir, scratch) if run_dir else None
+        result = _fit_and_finish(recipe, copy, scratch, spec, image_size, data, class_weight, cluster, verbose)
+    return dataclasses.replace(result, run_dir=None)
+
+
+def _copy_checkpoints(run_dir: str, scratch: str) -> str:
+    """A run directory in `scratch` holding `run_dir`'s checkpoints: a non-chief resumes from it, writing nothing there.
+
+    The chief writes its checkpoints only at the end of an epoch, which needs this worker's steps:
+    the copy is made before them, so it is the state that the chief resumes from too.
+    """
+    copy = os.path.join(scratch, os.path.basename(run_dir))
+    shutil.copytree(os.path.join(run_dir, checkpointing.CHECKPOINTS), os.path.join(copy, checkpointing.CHECKPOINTS))
+    return copy
+
+
+def _fit_and_finish(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
+    """Train under the strategy's scope; then export (the chief only) and write metrics.json."""
     with cluster.scope():
-        return _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+        result = _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose)
+    # Out of the scope: export loads the model anew, and creating variables under a multi-worker
+    # strategy is a collective that the other workers would never join.
+    if recipe.export.enabled and cluster.is_chief:
+        from retail_vision.export import export_model
+
+        exported = export_model(
+            result.run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
+            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
+            seed=recipe.train.seed,
+        )
+        result.metrics["export"] = exported.version_dir
+    run_directory.write_json(result.run_dir, run_directory.METRICS_FILE, result.metrics)  # last: marks the run finished
+    return result
 
 
 def _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weight, cluster, verbose) -> RunResult:
@@ -108,7 +146,8 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         cache_folder=f"{run_dir}/cache",
     )
     augmenter = build_augmenter(recipe.augment, train_config.seed)
-    training_model = _with_augmentation(classifier, augmenter, image_size)
+    model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
+    training_model = _with_augmentation(classifier, augmenter, image_size, model_class)
     steps_per_epoch = math.ceil(data.train_count / train_config.batch_size)
     freezer = BackboneFreezer(backbone)
     phases = _PhaseRunner(classifier, state, train_config, class_weight, run_dir, verbose, data.train_count)
@@ -124,7 +163,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
             _log(f"head: caching backbone features ({head.augmented_views if augmenter else 1} view(s) per image)")
             model, head_train, head_val, steps = feature_cache.cached_datasets(
                 classifier, train_ds, val_ds, augmenter, head.augmented_views, train_config.batch_size,
-                train_config.seed, data.train_count,
+                train_config.seed, data.train_count, model_class,
             )
         _compile(model, train_config, head.learning_rate * cluster.lr_factor, num_classes)
         phases.run("head", model, head_train, head_val, head.epochs, steps)
@@ -175,17 +214,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
 
         write_run_report(run_dir, classifier, data.class_names, data.validation, recipe.data.resize)
     _log(f"val top-1 {metrics['val_top1']:.4f}, top-5 {metrics['val_top5']:.4f}; model: {run_dir}/model.keras")
-    if recipe.export.enabled:
-        from retail_vision.export import export_model
-
-        exported = export_model(
-            run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
-            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
-            seed=train_config.seed,
-        )
-        metrics["export"] = exported.version_dir
     shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
-    run_directory.write_json(run_dir, run_directory.METRICS_FILE, metrics)  # last: marks the run finished
     return RunResult(run_dir, classifier, metrics, state.history)
 
 
@@ -262,6 +291,9 @@ class _PhaseRunner:
             verbose=self.verbose,
             shuffle=False,  # the tf.data pipeline already shuffles, seeded
         )
+        # A restoring BackupAndRestore leaves its epoch on the model, and the next phase's fit on the
+        # same model would start from it instead of `initial_epoch` (Keras 3.15 trainer.fit).
+        model._initial_epoch = None
         wall = time.perf_counter() - started
         phase = [i for i, p in enumerate(self.state.history["phase"]) if p == name]
         ran_now = len(recorder.epoch_seconds)
@@ -279,15 +311,15 @@ class _PhaseRunner:
         self.state.save()
 
 
-def _with_augmentation(classifier: keras.Model, augmenter, image_size: int) -> keras.Model:
+def _with_augmentation(classifier: keras.Model, augmenter, image_size: int, model_class=keras.Model) -> keras.Model:
     """The model that `fit` trains: augmentation (active only in training) in front of the classifier.
 
     The classifier is wrapped even without augmentation, so it is never compiled itself and
-    its saved file carries no optimizer state.
+    its saved file carries no optimizer state. `model_class`: multi_worker.TrainingModel under `multi_worker`.
     """
     images = keras.Input(shape=(image_size, image_size, 3), name="image")
     augmented = augmenter(images) if augmenter is not None else images
-    return keras.Model(images, classifier(augmented), name="training_model")
+    return model_class(images, classifier(augmented), name="training_model")
 
 
 def _compile(model, train_config, learning_rate, num_classes: int) -> None:

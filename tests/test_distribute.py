@@ -3,8 +3,11 @@
 import json
 import os
 import pathlib
+import re
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,12 +50,113 @@ def test_mirrored_over_two_logical_cpus_matches_the_single_device_run(tmp_path):
     assert [w.shape for w in head(mirrored).get_weights()] == [w.shape for w in head(single).get_weights()]
 
 
-def test_multi_worker_is_refused_cleanly_until_keras_supports_it(tmp_path):
-    """keras-team/keras#20585: Keras 3 fit fails under MultiWorkerMirroredStrategy (seen with 2 local workers)."""
-    photos = write_class_folders(tmp_path / "photos", per_class=4)
-    recipe = _recipe(tmp_path, photos, tmp_path / "runs", strategy="multi_worker")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}})}
-    out = subprocess.run(TINY_CLI + ["fit", str(recipe)], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "keras-team/keras#20585" in out.stderr
-    assert not (tmp_path / "runs").exists()
+def _start_workers(tmp_path, recipe, *args):
+    """Two `fit` processes on this host, worker 0 and worker 1 of one TF_CONFIG cluster."""
+    sockets = [socket.socket() for _ in range(2)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]}
+    for sock in sockets:
+        sock.close()
+    workers = []
+    for index in range(2):
+        folder = tmp_path / f"worker{index}"
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(folder / "tmp"),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        command = TINY_CLI + ["fit", str(recipe), *(arg.format(folder=folder) for arg in args)]
+        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return workers
+
+
+def _finish(workers, timeout=240):
+    """(stdout, stderr) of each worker, which must both exit 0 within `timeout` seconds (they run in step)."""
+    try:
+        outputs = [worker.communicate(timeout=timeout) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+    return outputs
+
+
+@pytest.mark.slow  # 40 to 105 s on 2 busy cores
+def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=12)
+    recipe = _recipe(tmp_path, photos, tmp_path / "recipe-runs", strategy="multi_worker")
+    outputs = _finish(_start_workers(tmp_path, recipe, "--set", "output.runs_dir={folder}/runs", "--set",
+                                     "export.enabled=true", "--set", "export.output={folder}/exported",
+                                     "--set", "train.head.cache_features=true"))
+
+    chief, other = tmp_path / "worker0", tmp_path / "worker1"
+    (run_dir,) = (chief / "runs").iterdir()
+    assert outputs[0][0].splitlines()[-1] == str(run_dir) and str(tmp_path) not in outputs[1][0]
+    assert all("head: caching backbone features" in stderr for _, stderr in outputs)
+    # Epoch logs count both workers' images, so both take the same decisions (best epoch, early stopping).
+    val_accuracy = [re.findall(r"val_accuracy: ([0-9.]+)", stdout) for stdout, _ in outputs]
+    assert len(val_accuracy[0]) == 4 and val_accuracy[0] == val_accuracy[1]
+    metrics = _metrics(chief / "runs")
+    assert metrics["distribute"] == {"strategy": "multi_worker", "replicas": 2, "global_batch": 8,
+                                     "per_replica_batch": 4, "lr_scaling": "none", "lr_factor": 1.0}
+    assert [phase["epochs"] for phase in metrics["phases"].values()] == [3, 1]
+    assert metrics["val_top1"] >= 0.5 and metrics["val_images"] == 9  # 3 colours: chance is 1/3
+    import keras
+
+    assert keras.saving.load_model(run_dir / "model.keras").output_shape == (None, 3)
+    assert (chief / "exported" / "tiny").is_dir() and metrics["export"].startswith(str(chief / "exported"))
+    # The other worker trained in a temporary folder that is gone, and wrote nothing else.
+    assert not (other / "runs").exists() and not (other / "exported").exists()
+    assert not (tmp_path / "recipe-runs").exists()  # both took the runs folder from --set
+    assert list((other / "tmp").iterdir()) == []
+
+
+def _epochs_done(runs) -> int:
+    for state in runs.glob("*/checkpoints/state.json"):
+        try:
+            return len(json.loads(state.read_text())["history"].get("phase", []))
+        except (ValueError, KeyError):
+            return 0
+    return 0
+
+
+@pytest.mark.slow  # 70 to 120 s on 2 busy cores
+def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoints(tmp_path):
+    photos = write_class_folders(tmp_path / "photos", per_class=12)
+    runs = tmp_path / "runs"  # one folder that both workers see, as on a shared file system
+    recipe = _recipe(tmp_path, photos, runs, strategy="multi_worker")
+    workers = _start_workers(tmp_path, recipe, "--set", "train.head.cache_features=false")
+    deadline = time.monotonic() + 240
+    while _epochs_done(runs) < 1 and workers[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ended = workers[0].poll() is not None
+    for worker in workers:
+        worker.kill()
+        worker.communicate()
+    assert not ended, "worker 0 ended before it could be killed"
+    done_at_kill = _epochs_done(runs)
+    assert 1 <= done_at_kill < 3 and not list(runs.glob("*/metrics.json"))  # killed in the head phase
+
+    outputs = _finish(_start_workers(tmp_path, recipe, "--set", "train.head.cache_features=false", "--resume"))
+    (run_dir,) = runs.iterdir()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["phase"] == ["head"] * 3 + ["fine_tune"]  # no epoch repeated or skipped
+    for _, stderr in outputs:  # the other worker restored the same epoch from its copy
+        assert f"phase head: 3 epochs (resuming after epoch {done_at_kill})" in stderr
+
+
+@pytest.mark.parametrize("cluster, task_type, task_id, chief", [
+    ({"worker": ["a:1", "b:1"]}, "worker", 0, True),
+    ({"worker": ["a:1", "b:1"]}, "worker", 1, False),
+    ({"chief": ["a:1"], "worker": ["b:1"]}, "chief", 0, True),
+    ({"chief": ["a:1"], "worker": ["b:1"]}, "worker", 0, False),
+    ({}, None, None, True),  # no TF_CONFIG: this host alone
+])
+def test_the_chief_is_task_chief_or_else_worker_0(cluster, task_type, task_id, chief):
+    import tensorflow as tf
+
+    from retail_vision.distribution import _is_chief
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+    assert _is_chief(resolver) is chief

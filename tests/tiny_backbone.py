@@ -41,7 +41,10 @@ def split_cpu(count: int) -> None:
 
 if __name__ == "__main__":
     import os
+    import pathlib
 
+    # The retail_vision of this checkout, not the installed one (which may be another worktree's).
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     if os.environ.get("TINY_LOGICAL_CPUS"):
         split_cpu(int(os.environ["TINY_LOGICAL_CPUS"]))
     register()
