@@ -1,9 +1,14 @@
-"""Feature caching for the head phase: run the frozen backbone once, then train the head in seconds.
+"""Cached activations: the frozen layers run once per image, training runs on what they computed.
 
-While the backbone is frozen its pooled features depend only on the input image, so they are
-computed once per image (K augmented views when augmentation is on) and the head trains on
-them. The head model reuses the classifier's own dropout and Dense layers, so the trained
-head is already inside the full model: nothing is copied back.
+While layers are frozen their output depends only on the input image, so it is computed once
+per image (K augmented views when augmentation is on) and kept in memory:
+- head phase: the whole backbone is frozen; the head trains on the pooled features.
+- fine-tune phase with a partial unfreeze (`train.fine_tune.unfreeze: block6a_expand_conv`):
+  the layers below the first unfrozen one run once; the unfrozen top trains on their output.
+  The head phase then takes its pooled features from the same activations (one pass through
+  the still-frozen top), so the bottom of the backbone runs once for both phases.
+The models trained here are made of the classifier's own layers, so the trained weights are
+already inside the full model: nothing is copied back.
 """
 
 from __future__ import annotations
@@ -14,23 +19,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retail_vision.classifier import BACKBONE_LAYER
+from retail_vision.classifier import BACKBONE_LAYER, get_backbone
 
 HEAD_LAYERS = ("head_dropout", "predictions")
-MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the features fit in this much memory
+MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the activations fit in this much memory
 
 
-# Where a cached head phase was tested; under TPU strategies `auto` trains the head uncached.
+# Where a cached phase was tested; under TPU strategies `auto` trains uncached.
 STRATEGIES = ("none", "mirrored", "multi_worker")
 
 
-def should_cache(setting, train_count: int, views: int, feature_dim: int, strategy: str = "none") -> bool:
-    """`true`/`false` as asked; `auto` caches when the features fit the memory budget."""
+def should_cache(setting, nbytes: int, strategy: str = "none") -> bool:
+    """`true`/`false` as asked; `auto` caches when `nbytes` of activations fit the memory budget."""
     if setting != "auto":
         return bool(setting)
-    if strategy not in STRATEGIES:
-        return False
-    return train_count * views * feature_dim * 4 <= MEMORY_BUDGET_BYTES
+    return strategy in STRATEGIES and nbytes <= MEMORY_BUDGET_BYTES
 
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:
@@ -51,41 +54,135 @@ def head_model(classifier: keras.Model, model_class=keras.Model) -> keras.Model:
     return model_class(features, x, name="head")
 
 
-def extract(extractor: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1):
-    """(features [views*N, D] float32, one-hot labels [views*N, C]) from a batched image dataset."""
+# === Where the frozen bottom ends in a partial fine-tune ===
+
+
+def fine_tune_cut(backbone: keras.Model, first_trainable: int):
+    """The tensor feeding backbone layer `first_trainable` when everything above depends on it alone.
+
+    None when nothing below is frozen, or when the layer sits inside a block whose residual
+    connection reaches below it (the top would need a second, uncached input).
+    """
+    layers = backbone.layers
+    if not any(not isinstance(layer, keras.layers.InputLayer) for layer in layers[:first_trainable]):
+        return None
+    cut = layers[first_trainable].input
+    if not isinstance(cut, keras.KerasTensor):  # a layer with several inputs (Add, Concatenate)
+        return None
+    try:
+        keras.Model(cut, backbone.output)
+    except ValueError:  # "not connected": a residual crosses the cut
+        return None
+    return cut
+
+
+def clean_cut_names(backbone: keras.Model) -> list[str]:
+    """Names of the layers a cached fine-tune can start at, bottom to top (for error messages)."""
+    return [layer.name for index, layer in enumerate(backbone.layers) if fine_tune_cut(backbone, index) is not None]
+
+
+def top_model(classifier: keras.Model, cut, model_class=keras.Model) -> keras.Model:
+    """cut activations -> probabilities: the unfrozen top of the backbone and the head, shared layers."""
+    backbone_top = keras.Model(cut, get_backbone(classifier).output, name="backbone_top")
+    activations = keras.Input(shape=cut.shape[1:], name="activations")
+    x = backbone_top(activations)
+    for name in ("pool",) + HEAD_LAYERS:
+        x = classifier.get_layer(name)(x)
+    return model_class(activations, x, name="top_and_head")
+
+
+def bottom_model(classifier: keras.Model, cut) -> keras.Model:
+    """image (0..255) -> cut activations: preprocessing and the frozen bottom of the backbone."""
+    backbone = get_backbone(classifier)
+    images = keras.Input(shape=classifier.input.shape[1:], name="image")
+    x = classifier.get_layer("preprocess")(images)
+    return keras.Model(images, keras.Model(backbone.input, cut, name="backbone_bottom")(x), name="bottom")
+
+
+def bytes_per_view(model: keras.Model, image_size: int, dtype: str) -> int:
+    """Memory one image's activations take in the cache (the shape at this image size)."""
+    shape = model.compute_output_shape((1, image_size, image_size, 3))
+    return math.prod(shape[1:]) * np.dtype(dtype).itemsize
+
+
+# === The cache ===
+
+
+class FrozenActivations:
+    """The frozen part's output for every training view and validation image, and the models that train on it.
+
+    `cut`: None caches the pooled features (head phase only); a tensor from `fine_tune_cut`
+    caches the bottom's output there (both phases). Activation maps are kept in float16, half
+    of float32's memory; pooled features stay float32.
+    """
+
+    def __init__(self, classifier, cut, train_ds, val_ds, augmenter, views: int):
+        if BACKBONE_LAYER not in [layer.name for layer in classifier.layers]:
+            raise ValueError("activation caching needs a classifier built by build_classifier")
+        self.classifier = classifier
+        self.cut = cut
+        bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
+        dtype = "float32" if cut is None else "float16"
+        self.train = extract(bottom, train_ds, augmenter, views if augmenter else 1, dtype)
+        self.val = extract(bottom, val_ds, dtype=dtype)
+
+    def head_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
+        """(head model, train dataset, val dataset, steps per epoch) on pooled features."""
+        train, val = self.train, self.val
+        if self.cut is not None:  # pool the stored activations through the frozen top, once
+            to_pooled = keras.Model(*_top_to_pool(self.classifier, self.cut), name="frozen_top")
+            train = (_run(to_pooled, train[0], batch_size), train[1])
+            val = (_run(to_pooled, val[0], batch_size), val[1])
+        return (head_model(self.classifier, model_class), *_datasets(train, val, batch_size, seed),
+                math.ceil(train_count / batch_size))
+
+    def fine_tune_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
+        """(top-and-head model, train dataset, val dataset, steps per epoch) on the cut activations."""
+        return (top_model(self.classifier, self.cut, model_class), *_datasets(self.train, self.val, batch_size, seed),
+                math.ceil(train_count / batch_size))
+
+
+def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1, dtype: str = "float32"):
+    """(activations [views*N, ...], one-hot labels [views*N, C]) from a batched image dataset."""
 
     @tf.function
     def step(images):
         if augmenter is not None:
             images = augmenter(images, training=True)
-        return extractor(images, training=False)
+        return tf.cast(model(images, training=False), dtype)
 
-    features, labels = [], []
+    outputs, labels = [], []
     for _ in range(views):
         for images, one_hot in dataset:
-            features.append(step(images).numpy())
+            outputs.append(step(images).numpy())
             labels.append(one_hot.numpy())
-    return np.concatenate(features), np.concatenate(labels)
+    return np.concatenate(outputs), np.concatenate(labels)
 
 
-def cached_datasets(classifier, train_ds, val_ds, augmenter, views: int, batch_size: int, seed: int,
-                    train_count: int, model_class=keras.Model):
-    """The head model and its (train, val) datasets of cached features, plus steps per epoch.
+def _top_to_pool(classifier, cut):
+    activations = keras.Input(shape=cut.shape[1:], name="activations")
+    backbone_top = keras.Model(cut, get_backbone(classifier).output)
+    return activations, classifier.get_layer("pool")(backbone_top(activations))
 
-    With K views the training set holds K*N features; each epoch draws N of them at random, so
-    over K epochs the head sees every augmented view about once.
+
+def _run(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    step = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+    return np.concatenate([step(inputs[i:i + batch_size]).numpy() for i in range(0, len(inputs), batch_size)])
+
+
+def _datasets(train, val, batch_size: int, seed: int):
+    """Shuffled, endless training batches (each epoch draws N of the K*N views) and validation batches.
+
+    Over K epochs the model sees every augmented view about once.
     """
-    if BACKBONE_LAYER not in [layer.name for layer in classifier.layers]:
-        raise ValueError("feature caching needs a classifier built by build_classifier")
-    extractor = feature_extractor(classifier)
-    train_features, train_labels = extract(extractor, train_ds, augmenter, views if augmenter else 1)
-    val_features, val_labels = extract(extractor, val_ds)
-    train = (
-        tf.data.Dataset.from_tensor_slices((train_features, train_labels))
-        .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True)
+    cast = lambda x, y: (tf.cast(x, tf.float32), y)  # noqa: E731 - float16 activations train in float32
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices(train)
+        .shuffle(len(train[0]), seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(batch_size)
+        .map(cast, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    val = tf.data.Dataset.from_tensor_slices((val_features, val_labels)).batch(batch_size)
-    return head_model(classifier, model_class), train, val, math.ceil(train_count / batch_size)
+    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size).map(cast)
+    return train_ds, val_ds

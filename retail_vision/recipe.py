@@ -87,6 +87,11 @@ class FineTunePhaseConfig(_Section):
         "all", description="'all', the top N backbone layers (an int), or the name of the first layer to unfreeze"
     )
     warmup_epochs: float = Field(1.0, ge=0.0, description="linear warmup from 0, then cosine decay to 0")
+    cache_activations: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="with a partial unfreeze: run the frozen layers once per image view (train.head.augmented_views) "
+        "and train the top on their stored output; auto: when they fit in memory",
+    )
     batchnorm: Literal["frozen", "train"] = Field(
         "frozen",
         description="'frozen': BatchNorm keeps ImageNet statistics; 'train': statistics adapt to the new photos",

@@ -126,6 +126,8 @@ def _fit_in_scope(recipe, run_dir, runs_dir, spec, image_size, data, class_weigh
                 f"train.fine_tune.unfreeze: {train_config.fine_tune.unfreeze!r} with model.weights 'none' leaves "
                 "the lower layers frozen at random values; use 'all' or pretrained weights"
             )
+        if train_config.fine_tune.cache_activations is True:
+            _check_cut(backbone, first, train_config.fine_tune.unfreeze)
 
     if run_dir is None:
         run_dir = run_directory.create(runs_dir, recipe.name)
@@ -153,18 +155,32 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
     phases = _PhaseRunner(classifier, state, train_config, class_weight, run_dir, verbose, data.train_count)
     num_classes = len(data.class_names)
 
+    # === What the frozen layers compute once (feature_cache) ===
+    head, fine_tune = train_config.head, train_config.fine_tune
+    head_todo = bool(head.epochs) and "head" not in state.phases_done
+    fine_tune_todo = bool(fine_tune.epochs) and "fine_tune" not in state.phases_done
+    views = head.augmented_views if augmenter else 1
+    first = first_trainable_index(backbone, fine_tune.unfreeze)
+    cut, cache_head, cache_fine_tune = _caching_plan(recipe, classifier, image_size, data.train_count, views,
+                                                     head_todo, fine_tune_todo)
+    activations = None
+
+    def frozen_activations():
+        nonlocal activations
+        if activations is None:
+            where = "pooled features" if cut is None else f"the input of {backbone.layers[first].name}"
+            _log(f"caching activations of the frozen layers at {where} ({views} view(s) per image)")
+            activations = feature_cache.FrozenActivations(classifier, cut, train_ds, val_ds, augmenter, views)
+        return activations
+
+    batch = (train_config.batch_size, train_config.seed, data.train_count, model_class)
+
     # === Phase 1: the head on the frozen backbone ===
-    head = train_config.head
-    if head.epochs and "head" not in state.phases_done:
+    if head_todo:
         freezer.freeze()
         model, head_train, head_val, steps = training_model, train_ds, val_ds, None
-        if feature_cache.should_cache(head.cache_features, data.train_count, head.augmented_views, spec.feature_dim,
-                                      recipe.distribute.strategy):
-            _log(f"head: caching backbone features ({head.augmented_views if augmenter else 1} view(s) per image)")
-            model, head_train, head_val, steps = feature_cache.cached_datasets(
-                classifier, train_ds, val_ds, augmenter, head.augmented_views, train_config.batch_size,
-                train_config.seed, data.train_count, model_class,
-            )
+        if cache_head:
+            model, head_train, head_val, steps = frozen_activations().head_phase(*batch)
         _compile(model, train_config, head.learning_rate * cluster.lr_factor, num_classes)
         phases.run("head", model, head_train, head_val, head.epochs, steps)
         checkpointing.save_weights(classifier, state.path(checkpointing.AFTER_HEAD_WEIGHTS))
@@ -174,19 +190,22 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         classifier.load_weights(state.path(checkpointing.AFTER_HEAD_WEIGHTS))
 
     # === Phase 2: fine-tune the top of the backbone at a low learning rate ===
-    fine_tune = train_config.fine_tune
-    if fine_tune.epochs and "fine_tune" not in state.phases_done:
-        first = freezer.unfreeze(fine_tune.unfreeze, fine_tune.batchnorm)
+    if fine_tune_todo:
+        freezer.unfreeze(fine_tune.unfreeze, fine_tune.batchnorm)
         _log(
             f"fine-tune: backbone layers {first}..{len(backbone.layers) - 1} trainable, "
-            f"BatchNorm {fine_tune.batchnorm}"
+            f"BatchNorm {fine_tune.batchnorm}" + (", on cached activations" if cache_fine_tune else "")
         )
+        model, ft_train, ft_val, steps = training_model, train_ds, val_ds, None
+        if cache_fine_tune:
+            model, ft_train, ft_val, steps = frozen_activations().fine_tune_phase(*batch)
         schedule = warmup_cosine(fine_tune.learning_rate * cluster.lr_factor, fine_tune.epochs * steps_per_epoch,
                                  round(fine_tune.warmup_epochs * steps_per_epoch))
-        _compile(training_model, train_config, schedule, num_classes)
-        phases.run("fine_tune", training_model, train_ds, val_ds, fine_tune.epochs)
+        _compile(model, train_config, schedule, num_classes)
+        phases.run("fine_tune", model, ft_train, ft_val, fine_tune.epochs, steps)
         state.phases_done.append("fine_tune")
         state.save()
+    activations = None  # free the cache before the final evaluation and report
 
     # === The best classifier, saved without augmentation ===
     freezer.restore()
@@ -218,6 +237,48 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
     return RunResult(run_dir, classifier, metrics, state.history)
 
 
+def _check_cut(backbone, first: int, unfreeze) -> None:
+    """`cache_activations: true` needs frozen layers below the unfrozen top, cut at a block boundary."""
+    if feature_cache.fine_tune_cut(backbone, first) is not None:
+        return
+    field = "train.fine_tune.cache_activations: true"
+    if unfreeze == "all":
+        raise RecipeError(f"{field} needs frozen layers to cache, and unfreeze is 'all'; "
+                          "set train.fine_tune.unfreeze to a layer name such as a block's first layer")
+    names = feature_cache.clean_cut_names(backbone)
+    above = [name for name in names if [layer.name for layer in backbone.layers].index(name) > first]
+    below = [name for name in names if [layer.name for layer in backbone.layers].index(name) < first]
+    nearest = ", ".join(repr(n) for n in (below[-1:] + above[:1]))
+    raise RecipeError(f"{field}: the unfrozen top must start where nothing below is needed again, and "
+                      f"{backbone.layers[first].name!r} is inside a block (a residual connection crosses it); "
+                      f"set train.fine_tune.unfreeze to a block boundary such as {nearest}")
+
+
+def _caching_plan(recipe, classifier, image_size, train_count, views, head_todo, fine_tune_todo):
+    """(cut, cache the head phase?, cache the fine-tune phase?) from the recipe and the memory budget.
+
+    `cut` is where the cached activations are taken: None for pooled features (head only), or
+    the input of the first unfrozen layer when the fine-tune phase caches too (the head then
+    uses the same activations).
+    """
+    head, fine_tune = recipe.train.head, recipe.train.fine_tune
+    strategy = recipe.distribute.strategy
+    backbone = get_backbone(classifier)
+    cut = None
+    if fine_tune_todo:
+        cut = feature_cache.fine_tune_cut(backbone, first_trainable_index(backbone, fine_tune.unfreeze))
+    cache_fine_tune = cut is not None and feature_cache.should_cache(
+        fine_tune.cache_activations,
+        views * train_count * feature_cache.bytes_per_view(feature_cache.bottom_model(classifier, cut), image_size,
+                                                            "float16"),
+        strategy,
+    )
+    if cache_fine_tune:  # the head's features then come from the same activations, at no extra memory
+        return cut, head_todo and head.cache_features is not False, True
+    feature_bytes = views * train_count * backbones.get(recipe.model.backbone).feature_dim * 4
+    return None, head_todo and feature_cache.should_cache(head.cache_features, feature_bytes, strategy), False
+
+
 def _use_mixed_precision(train_config) -> bool:
     if train_config.mixed_precision != "auto":
         return train_config.mixed_precision
@@ -236,6 +297,11 @@ def _check_settings(recipe: Recipe, data: TrainingData) -> None:
     if recipe.train.head.cache_features is True and recipe.distribute.strategy not in feature_cache.STRATEGIES:
         raise RecipeError(
             f"train.head.cache_features: true is not supported with distribute.strategy "
+            f"{recipe.distribute.strategy!r}; use 'auto' (off there) or false"
+        )
+    if recipe.train.fine_tune.cache_activations is True and recipe.distribute.strategy not in feature_cache.STRATEGIES:
+        raise RecipeError(
+            f"train.fine_tune.cache_activations: true is not supported with distribute.strategy "
             f"{recipe.distribute.strategy!r}; use 'auto' (off there) or false"
         )
     if recipe.export.enabled and "int8" in recipe.export.tflite and data.train is None:

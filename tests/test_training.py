@@ -107,6 +107,66 @@ def test_uncached_head_phase_still_available(image_folder, tmp_path):
     assert result.metrics["phases"]["head"]["epochs"] == 2
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_fine_tune_on_cached_activations_trains_the_full_models_top(image_folder, tmp_path, augment):
+    pretrained = tmp_path / "tiny.weights.h5"  # a partial unfreeze needs weights other than 'none'
+    build_classifier(TINY_BACKBONE, 3, "none", image_size=32).get_layer("backbone").save_weights(pretrained)
+    result = run(image_folder, tmp_path, augment={"enabled": augment}, model={"weights": str(pretrained)}, train={
+        **tiny_recipe("", "")["train"], "head": {"epochs": 0, "augmented_views": 2},  # best epoch: a fine-tune one
+        "fine_tune": {"epochs": 3, "learning_rate": 0.05, "warmup_epochs": 0, "unfreeze": "conv2",
+                      "cache_activations": True}})
+    fine_tune = result.metrics["phases"]["fine_tune"]
+    assert fine_tune["epochs"] == 3
+    # The full model, evaluated on images, scores exactly what the top scored on cached activations.
+    assert result.metrics["val_top1"] == pytest.approx(fine_tune["best_val_top1"], abs=1e-6)
+    trained = get_backbone(result.model)
+    initial = get_backbone(build_classifier(TINY_BACKBONE, 3, pretrained, image_size=32))
+    assert np.array_equal(trained.get_layer("conv1").get_weights()[0], initial.get_layer("conv1").get_weights()[0])
+    assert not np.allclose(trained.get_layer("conv2").get_weights()[0], initial.get_layer("conv2").get_weights()[0])
+
+
+def test_activations_cached_at_a_cut_give_the_classifiers_features_and_outputs():
+    import tensorflow as tf
+
+    from retail_vision.feature_cache import FrozenActivations, feature_extractor, fine_tune_cut
+
+    classifier = build_classifier(TINY_BACKBONE, 3, "none", dropout=0.0, image_size=32)
+    BackboneFreezer(get_backbone(classifier)).freeze()
+    images = np.random.default_rng(1).uniform(0, 255, (10, 32, 32, 3)).astype("float32")
+    labels = np.eye(3, dtype="float32")[np.arange(10) % 3]
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    backbone = get_backbone(classifier)
+    cut = fine_tune_cut(backbone, [layer.name for layer in backbone.layers].index("conv2"))
+    cache = FrozenActivations(classifier, cut, dataset, dataset, augmenter=None, views=1)
+
+    head, head_train, _, _ = cache.head_phase(batch_size=4, seed=0, train_count=10)
+    features, _ = next(iter(head_train.unbatch().batch(10)))  # shuffled: compare as sorted rows
+    expected = feature_extractor(classifier)(images, training=False).numpy()
+    np.testing.assert_allclose(np.sort(features.numpy(), axis=0), np.sort(expected, axis=0), atol=2e-2)  # float16
+
+    top, _, top_val, _ = cache.fine_tune_phase(batch_size=4, seed=0, train_count=10)
+    cached = np.concatenate([top(x, training=False).numpy() for x, _ in top_val])
+    np.testing.assert_allclose(cached, classifier(images, training=False).numpy(), atol=2e-2)
+
+
+def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses():
+    from retail_vision.feature_cache import fine_tune_cut
+    from retail_vision.freezing import first_trainable_index
+    from retail_vision.training import _check_cut
+    from retail_vision.errors import RecipeError
+
+    backbone = get_backbone(build_classifier("efficientnet_lite0", 3, "none"))
+    index = lambda name: first_trainable_index(backbone, name)  # noqa: E731
+    assert fine_tune_cut(backbone, index("block6a_expand_conv")).shape[-1] == 112
+    assert fine_tune_cut(backbone, index("block5b_expand_conv")) is not None  # its residual starts at the cut
+    assert fine_tune_cut(backbone, index("block5b_dwconv")) is None  # block5b's residual crosses it
+    assert fine_tune_cut(backbone, 0) is None  # nothing frozen
+    with pytest.raises(RecipeError, match="'block5b_expand_conv', 'block5c_expand_conv'"):
+        _check_cut(backbone, index("block5b_dwconv"), "block5b_dwconv")
+    with pytest.raises(RecipeError, match="unfreeze is 'all'"):
+        _check_cut(backbone, 0, "all")
+
+
 def test_feature_extractor_matches_the_classifiers_pooled_features():
     from retail_vision.feature_cache import feature_extractor, head_model
 

@@ -20,7 +20,10 @@ def build(weights):
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv2")(x)
     x = keras.layers.BatchNormalization(name="bn2")(x)
     x = keras.layers.ReLU(name="relu2")(x)
-    return keras.Model(inputs, x, name="tiny")
+    model = keras.Model(inputs, x, name="tiny")
+    if weights not in ("none", "imagenet"):  # a file: the "pretrained" case of partial fine-tuning
+        model.load_weights(weights)
+    return model
 
 
 def register():
