@@ -14,6 +14,7 @@ already inside the full model: nothing is copied back.
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 import numpy as np
@@ -116,14 +117,14 @@ class FrozenActivations:
     of float32's memory; pooled features stay float32.
     """
 
-    def __init__(self, classifier, cut, train_ds, val_ds, augmenter, views: int):
+    def __init__(self, classifier, cut, train_ds, val_ds, augmenter, views: int, log=None):
         if BACKBONE_LAYER not in [layer.name for layer in classifier.layers]:
             raise ValueError("activation caching needs a classifier built by build_classifier")
         self.classifier = classifier
         self.cut = cut
         bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
         dtype = "float32" if cut is None else "float16"
-        self.train = extract(bottom, train_ds, augmenter, views if augmenter else 1, dtype)
+        self.train = extract(bottom, train_ds, augmenter, views if augmenter else 1, dtype, log)
         self.val = extract(bottom, val_ds, dtype=dtype)
 
     def head_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
@@ -142,8 +143,12 @@ class FrozenActivations:
                 math.ceil(train_count / batch_size))
 
 
-def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1, dtype: str = "float32"):
-    """(activations [views*N, ...], one-hot labels [views*N, C]) from a batched image dataset."""
+def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1, dtype: str = "float32",
+            log=None):
+    """(activations [views*N, ...], one-hot labels [views*N, C]) from a batched image dataset.
+
+    `log(message)`, when given, hears about each finished view (minutes each on a CPU).
+    """
 
     @tf.function
     def step(images):
@@ -152,10 +157,13 @@ def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views:
         return tf.cast(model(images, training=False), dtype)
 
     outputs, labels = [], []
-    for _ in range(views):
+    for view in range(views):
+        started = time.perf_counter()
         for images, one_hot in dataset:
             outputs.append(step(images).numpy())
             labels.append(one_hot.numpy())
+        if log:
+            log(f"  view {view + 1}/{views} cached in {time.perf_counter() - started:.0f} s")
     return np.concatenate(outputs), np.concatenate(labels)
 
 

@@ -170,7 +170,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         if activations is None:
             where = "pooled features" if cut is None else f"the input of {backbone.layers[first].name}"
             _log(f"caching activations of the frozen layers at {where} ({views} view(s) per image)")
-            activations = feature_cache.FrozenActivations(classifier, cut, train_ds, val_ds, augmenter, views)
+            activations = feature_cache.FrozenActivations(classifier, cut, train_ds, val_ds, augmenter, views, _log)
         return activations
 
     batch = (train_config.batch_size, train_config.seed, data.train_count, model_class)
