@@ -124,8 +124,15 @@ class FrozenActivations:
         self.cut = cut
         bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
         dtype = "float32" if cut is None else "float16"
+        started = time.perf_counter()
         self.train = extract(bottom, train_ds, augmenter, views if augmenter else 1, dtype, log)
         self.val = extract(bottom, val_ds, dtype=dtype)
+        self.summary = {  # for metrics.json: what the cache cost
+            "at": "pool" if cut is None else "fine_tune_cut",
+            "views": views if augmenter else 1,
+            "gigabytes": round((self.train[0].nbytes + self.val[0].nbytes) / 1e9, 3),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
 
     def head_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
         """(head model, train dataset, val dataset, steps per epoch) on pooled features."""
@@ -174,7 +181,10 @@ def _top_to_pool(classifier, cut):
 
 
 def _run(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    step = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+    @tf.function
+    def step(x):
+        return model(tf.cast(x, tf.float32), training=False)
+
     return np.concatenate([step(inputs[i:i + batch_size]).numpy() for i in range(0, len(inputs), batch_size)])
 
 
@@ -183,7 +193,9 @@ def _datasets(train, val, batch_size: int, seed: int):
 
     Over K epochs the model sees every augmented view about once.
     """
-    cast = lambda x, y: (tf.cast(x, tf.float32), y)  # noqa: E731 - float16 activations train in float32
+    def cast(x, y):  # float16 activations train in float32
+        return tf.cast(x, tf.float32), y
+
     train_ds = (
         tf.data.Dataset.from_tensor_slices(train)
         .shuffle(len(train[0]), seed=seed, reshuffle_each_iteration=True)

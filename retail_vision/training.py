@@ -205,6 +205,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         phases.run("fine_tune", model, ft_train, ft_val, fine_tune.epochs, steps)
         state.phases_done.append("fine_tune")
         state.save()
+    cache_summary = activations.summary if activations is not None else None
     activations = None  # free the cache before the final evaluation and report
 
     # === The best classifier, saved without augmentation ===
@@ -224,6 +225,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         "skipped_files": [dataclasses.asdict(s) for s in data.skipped],
         "image_size": image_size,
         "backbone": recipe.model.backbone,
+        "activation_cache": cache_summary,  # None when no phase ran on cached activations in this process
         "distribute": cluster.describe(recipe.distribute.strategy, train_config.batch_size,
                                        recipe.distribute.lr_scaling),
     }

@@ -117,6 +117,8 @@ def test_fine_tune_on_cached_activations_trains_the_full_models_top(image_folder
                       "cache_activations": True}})
     fine_tune = result.metrics["phases"]["fine_tune"]
     assert fine_tune["epochs"] == 3
+    cache = result.metrics["activation_cache"]
+    assert cache["at"] == "fine_tune_cut" and cache["views"] == (2 if augment else 1) and cache["seconds"] > 0
     # The full model, evaluated on images, scores exactly what the top scored on cached activations.
     assert result.metrics["val_top1"] == pytest.approx(fine_tune["best_val_top1"], abs=1e-6)
     trained = get_backbone(result.model)
