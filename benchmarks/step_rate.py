@@ -1,10 +1,12 @@
 """Train-step images/s of each phase on synthetic in-memory batches: the ceiling for `fit`.
 
     python benchmarks/step_rate.py [--backbone efficientnet_lite0] [--batch-size 32] [--steps 30]
-        [--jit] [--mixed-precision mixed_float16|mixed_bfloat16]
+        [--jit] [--mixed-precision mixed_float16|mixed_bfloat16] [--image-size 288]
+        [--unfreeze-from block6a_expand_conv]
 
 Rows: inference, head step (backbone frozen), head step on cached features, fine-tune step
-(all layers, BatchNorm frozen). Use it to compare settings (XLA, mixed precision, threads)
+(all layers, BatchNorm frozen), and fine-tune of the top on cached activations
+(`--unfreeze-from`, a block boundary of the backbone). Use it to compare settings (XLA, mixed precision, threads)
 in one run on one machine; benchmarks/gpu_check.sh runs it on a GPU.
 """
 
@@ -37,6 +39,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--classes", type=int, default=81)
     parser.add_argument("--jit", action="store_true", help="XLA-compile the train steps")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's own")
+    parser.add_argument("--unfreeze-from", default=None,
+                        help="also time a fine-tune of the top from this layer (e.g. block6a_expand_conv) on cached "
+                             "activations")
     parser.add_argument("--mixed-precision", default=None)
     args = parser.parse_args()
 
@@ -46,14 +52,14 @@ def main() -> None:
 
     from retail_vision import backbones
     from retail_vision.classifier import build_classifier, get_backbone
-    from retail_vision.feature_cache import head_model
-    from retail_vision.freezing import BackboneFreezer
+    from retail_vision.feature_cache import bottom_model, fine_tune_cut, head_model, top_model
+    from retail_vision.freezing import BackboneFreezer, first_trainable_index
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     spec = backbones.get(args.backbone)
-    size = spec.input_size
-    classifier = build_classifier(args.backbone, args.classes, "none")
+    size = args.image_size or spec.input_size
+    classifier = build_classifier(args.backbone, args.classes, "none", image_size=size)
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (args.batch_size, size, size, 3)), tf.float32)
     labels = tf.one_hot(np.arange(args.batch_size) % args.classes, args.classes)
     freezer = BackboneFreezer(get_backbone(classifier))
@@ -71,6 +77,15 @@ def main() -> None:
     features = tf.constant(np.random.default_rng(1).normal(size=(args.batch_size, spec.feature_dim)), tf.float32)
     rows.append({"step": "head (cached features)",
                  "images_per_s": rate(train_step(head_model(classifier), features), args.batch_size, args.steps)})
+    if args.unfreeze_from:  # the top from that layer on, trained on cached activations of the bottom
+        backbone = get_backbone(classifier)
+        first = first_trainable_index(backbone, args.unfreeze_from)
+        cut = fine_tune_cut(backbone, first)
+        freezer.unfreeze(args.unfreeze_from, "frozen")
+        activations = bottom_model(classifier, cut)(images, training=False)
+        rows.append({"step": f"fine-tune (from {args.unfreeze_from}, cached activations)",
+                     "images_per_s": rate(train_step(top_model(classifier, cut), activations), args.batch_size,
+                                          args.steps)})
     freezer.unfreeze("all", "frozen")
     rows.append({"step": "fine-tune (all, BN frozen)",
                  "images_per_s": rate(train_step(classifier, images), args.batch_size, max(args.steps // 3, 3))})

@@ -169,7 +169,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         nonlocal activations
         if activations is None:
             where = "pooled features" if cut is None else f"the input of {backbone.layers[first].name}"
-            _log(f"caching activations of the frozen layers at {where} ({views} view(s) per image)")
+            _log(f"caching the frozen layers' output: {where}, {views} view(s) per image")
             activations = feature_cache.FrozenActivations(classifier, cut, train_ds, val_ds, augmenter, views, _log)
         return activations
 
@@ -247,13 +247,18 @@ def _check_cut(backbone, first: int, unfreeze) -> None:
     if unfreeze == "all":
         raise RecipeError(f"{field} needs frozen layers to cache, and unfreeze is 'all'; "
                           "set train.fine_tune.unfreeze to a layer name such as a block's first layer")
-    names = feature_cache.clean_cut_names(backbone)
-    above = [name for name in names if [layer.name for layer in backbone.layers].index(name) > first]
-    below = [name for name in names if [layer.name for layer in backbone.layers].index(name) < first]
-    nearest = ", ".join(repr(n) for n in (below[-1:] + above[:1]))
     raise RecipeError(f"{field}: the unfrozen top must start where nothing below is needed again, and "
                       f"{backbone.layers[first].name!r} is inside a block (a residual connection crosses it); "
-                      f"set train.fine_tune.unfreeze to a block boundary such as {nearest}")
+                      f"set train.fine_tune.unfreeze to a block boundary such as {_nearest_cuts(backbone, first)}")
+
+
+def _nearest_cuts(backbone, first: int) -> str:
+    """The block boundaries just below and above layer `first`, quoted, for messages."""
+    names = [layer.name for layer in backbone.layers]
+    cuts = feature_cache.clean_cut_names(backbone)
+    below = [name for name in cuts if names.index(name) < first][-1:]
+    above = [name for name in cuts if names.index(name) > first][:1]
+    return ", ".join(repr(name) for name in below + above)
 
 
 def _caching_plan(recipe, classifier, image_size, train_count, views, head_todo, fine_tune_todo):
@@ -268,7 +273,11 @@ def _caching_plan(recipe, classifier, image_size, train_count, views, head_todo,
     backbone = get_backbone(classifier)
     cut = None
     if fine_tune_todo:
-        cut = feature_cache.fine_tune_cut(backbone, first_trainable_index(backbone, fine_tune.unfreeze))
+        first = first_trainable_index(backbone, fine_tune.unfreeze)
+        cut = feature_cache.fine_tune_cut(backbone, first)
+        if cut is None and first > 0 and fine_tune.cache_activations == "auto":
+            _log(f"fine-tune: not cached, {backbone.layers[first].name!r} is inside a block; unfreeze from a block "
+                 f"boundary such as {_nearest_cuts(backbone, first)} to train the top on cached activations")
     cache_fine_tune = cut is not None and feature_cache.should_cache(
         fine_tune.cache_activations,
         views * train_count * feature_cache.bytes_per_view(feature_cache.bottom_model(classifier, cut), image_size,

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import tiny_recipe, write_class_folders, write_recipe
+from tiny_backbone import build
 
 TINY_CLI = [sys.executable, str(pathlib.Path(__file__).with_name("tiny_backbone.py"))]
 
@@ -85,14 +86,18 @@ def _finish(workers, timeout=240):
 def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=12)
     recipe = _recipe(tmp_path, photos, tmp_path / "recipe-runs", strategy="multi_worker")
+    pretrained = tmp_path / "tiny.weights.h5"  # a partial, cached fine-tune needs weights other than 'none'
+    build("none").save_weights(pretrained)
     outputs = _finish(_start_workers(tmp_path, recipe, "--set", "output.runs_dir={folder}/runs", "--set",
                                      "export.enabled=true", "--set", "export.output={folder}/exported",
-                                     "--set", "train.head.cache_features=true"))
+                                     "--set", f"model.weights={pretrained}", "--set", "train.fine_tune.unfreeze=conv2",
+                                     "--set", "train.fine_tune.cache_activations=true"))
 
     chief, other = tmp_path / "worker0", tmp_path / "worker1"
     (run_dir,) = (chief / "runs").iterdir()
     assert outputs[0][0].splitlines()[-1] == str(run_dir) and str(tmp_path) not in outputs[1][0]
-    assert all("head: caching backbone features" in stderr for _, stderr in outputs)
+    # Both phases train on cached activations of the frozen conv1 (the head on their pooled top).
+    assert all("caching the frozen layers' output: the input of conv2" in stderr for _, stderr in outputs)
     # Epoch logs count both workers' images, so both take the same decisions (best epoch, early stopping).
     val_accuracy = [re.findall(r"val_accuracy: ([0-9.]+)", stdout) for stdout, _ in outputs]
     assert len(val_accuracy[0]) == 4 and val_accuracy[0] == val_accuracy[1]
@@ -100,6 +105,7 @@ def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
     assert metrics["distribute"] == {"strategy": "multi_worker", "replicas": 2, "global_batch": 8,
                                      "per_replica_batch": 4, "lr_scaling": "none", "lr_factor": 1.0}
     assert [phase["epochs"] for phase in metrics["phases"].values()] == [3, 1]
+    assert metrics["activation_cache"]["at"] == "fine_tune_cut"
     assert metrics["val_top1"] >= 0.5 and metrics["val_images"] == 9  # 3 colours: chance is 1/3
     import keras
 
