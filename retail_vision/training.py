@@ -206,7 +206,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
         state.phases_done.append("fine_tune")
         state.save()
     cache_summary = activations.summary if activations is not None else None
-    activations = None  # free the cache before the final evaluation and report
+    activations = None  # the cached arrays are not needed past the phases
 
     # === The best classifier, saved without augmentation ===
     freezer.restore()
