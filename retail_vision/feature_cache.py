@@ -84,12 +84,17 @@ def clean_cut_names(backbone: keras.Model) -> list[str]:
 
 def top_model(classifier: keras.Model, cut, model_class=keras.Model) -> keras.Model:
     """cut activations -> probabilities: the unfrozen top of the backbone and the head, shared layers."""
-    backbone_top = keras.Model(cut, get_backbone(classifier).output, name="backbone_top")
-    activations = keras.Input(shape=cut.shape[1:], name="activations")
-    x = backbone_top(activations)
-    for name in ("pool",) + HEAD_LAYERS:
+    activations, x = _pooled_top(classifier, cut)
+    for name in HEAD_LAYERS:
         x = classifier.get_layer(name)(x)
     return model_class(activations, x, name="top_and_head")
+
+
+def _pooled_top(classifier: keras.Model, cut):
+    """(input, pooled features) of the backbone's top from `cut`, on the classifier's own layers."""
+    activations = keras.Input(shape=cut.shape[1:], name="activations")
+    backbone_top = keras.Model(cut, get_backbone(classifier).output, name="backbone_top")
+    return activations, classifier.get_layer("pool")(backbone_top(activations))
 
 
 def bottom_model(classifier: keras.Model, cut) -> keras.Model:
@@ -125,11 +130,11 @@ class FrozenActivations:
         bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
         dtype = "float32" if cut is None else "float16"
         started = time.perf_counter()
-        self.train = extract(bottom, train_ds, augmenter, views if augmenter else 1, dtype, log)
+        self.train = extract(bottom, train_ds, augmenter, views, dtype, log)
         self.val = extract(bottom, val_ds, dtype=dtype)
         self.summary = {  # for metrics.json: what the cache cost
             "at": "pool" if cut is None else "fine_tune_cut",
-            "views": views if augmenter else 1,
+            "views": views,
             "gigabytes": round((self.train[0].nbytes + self.val[0].nbytes) / 1e9, 3),
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -138,7 +143,7 @@ class FrozenActivations:
         """(head model, train dataset, val dataset, steps per epoch) on pooled features."""
         train, val = self.train, self.val
         if self.cut is not None:  # pool the stored activations through the frozen top, once
-            to_pooled = keras.Model(*_top_to_pool(self.classifier, self.cut), name="frozen_top")
+            to_pooled = keras.Model(*_pooled_top(self.classifier, self.cut), name="frozen_top")
             train = (_run(to_pooled, train[0], batch_size), train[1])
             val = (_run(to_pooled, val[0], batch_size), val[1])
         return (head_model(self.classifier, model_class), *_datasets(train, val, batch_size, seed),
@@ -172,12 +177,6 @@ def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views:
         if log:
             log(f"  view {view + 1}/{views} cached in {time.perf_counter() - started:.0f} s")
     return np.concatenate(outputs), np.concatenate(labels)
-
-
-def _top_to_pool(classifier, cut):
-    activations = keras.Input(shape=cut.shape[1:], name="activations")
-    backbone_top = keras.Model(cut, get_backbone(classifier).output)
-    return activations, classifier.get_layer("pool")(backbone_top(activations))
 
 
 def _run(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:

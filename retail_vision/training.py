@@ -162,7 +162,7 @@ def _train(recipe, run_dir, spec, image_size, data, class_weight, cluster, verbo
     views = head.augmented_views if augmenter else 1
     first = first_trainable_index(backbone, fine_tune.unfreeze)
     cut, cache_head, cache_fine_tune = _caching_plan(recipe, classifier, image_size, data.train_count, views,
-                                                     head_todo, fine_tune_todo)
+                                                     head_todo, fine_tune_todo, first)
     activations = None
 
     def frozen_activations():
@@ -261,7 +261,7 @@ def _nearest_cuts(backbone, first: int) -> str:
     return ", ".join(repr(name) for name in below + above)
 
 
-def _caching_plan(recipe, classifier, image_size, train_count, views, head_todo, fine_tune_todo):
+def _caching_plan(recipe, classifier, image_size, train_count, views, head_todo, fine_tune_todo, first):
     """(cut, cache the head phase?, cache the fine-tune phase?) from the recipe and the memory budget.
 
     `cut` is where the cached activations are taken: None for pooled features (head only), or
@@ -273,7 +273,6 @@ def _caching_plan(recipe, classifier, image_size, train_count, views, head_todo,
     backbone = get_backbone(classifier)
     cut = None
     if fine_tune_todo:
-        first = first_trainable_index(backbone, fine_tune.unfreeze)
         cut = feature_cache.fine_tune_cut(backbone, first)
         if cut is None and first > 0 and fine_tune.cache_activations == "auto":
             _log(f"fine-tune: not cached, {backbone.layers[first].name!r} is inside a block; unfreeze from a block "
