@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from retail_vision.classifier import BACKBONE_LAYER, get_backbone
+from retail_vision.data import pipeline
 
 HEAD_LAYERS = ("head_dropout", "predictions")
 MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the activations fit in this much memory
@@ -204,4 +205,4 @@ def _datasets(train, val, batch_size: int, seed: int):
         .prefetch(tf.data.AUTOTUNE)
     )
     val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size).map(cast)
-    return train_ds, val_ds
+    return pipeline.without_autotune_thread(train_ds), pipeline.without_autotune_thread(val_ds)

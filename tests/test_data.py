@@ -188,3 +188,18 @@ def test_cache_goes_to_files_when_the_images_do_not_fit_in_memory(image_folder, 
     first = [labels.numpy().argmax(1).tolist() for _, labels in dataset]
     assert any(name.startswith("images") for name in __import__("os").listdir(tmp_path / "big"))
     assert [labels.numpy().argmax(1).tolist() for _, labels in dataset] == first  # second epoch from the files
+
+
+def test_epoch_pipelines_run_without_the_autotune_thread(image_folder):
+    # With tf.data autotuning on, each epoch's iterator teardown waited up to 35 s for the
+    # autotuner's thread (docs/BENCHMARKS.md): every dataset that fit iterates per epoch keeps it off.
+    from retail_vision import feature_cache
+    from retail_vision.data.pipeline import batched, files_dataset
+
+    examples = sources.load_examples(str(image_folder))
+    images = batched(files_dataset(examples, 16, "crop"), 3, 8, True, 0, True, len(examples))
+    features = (np.zeros((6, 4), "float16"), np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]])
+    cached_train, cached_val = feature_cache._datasets(features, features, 2, 0)
+    for dataset in (images, cached_train, cached_val):
+        assert dataset.options().autotune.enabled is False
+    assert next(iter(images))[0].shape == (8, 16, 16, 3)
