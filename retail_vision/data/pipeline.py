@@ -21,8 +21,8 @@ def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
     With it on, destroying an epoch's iterator waits for the autotuner's thread to wake from its
     sleep, which grows to tens of seconds on long epochs: fit stalled 20-35 s at the start of
     epochs (a gdb stack showed ~RootDataset::Iterator waiting on the autotune thread; TF 2.21,
-    CPU). AUTOTUNE parallelism and prefetch still resolve to defaults (cores; a growing buffer)
-    and the steady step rate is unchanged (docs/BENCHMARKS.md, "fit against its ceiling").
+    CPU). AUTOTUNE parallelism and prefetch fall back to TF's fixed defaults, and the steady step
+    rate is unchanged (docs/BENCHMARKS.md, "fit against its ceiling").
     """
     options = tf.data.Options()
     options.autotune.enabled = False
