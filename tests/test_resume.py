@@ -87,7 +87,10 @@ def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
     runs = tmp_path / "interrupted"
     recipe = recipe_file(tmp_path, photos, runs)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen(TINY_CLI + ["fit", str(recipe)], env=env, stdout=subprocess.DEVNULL,
+    # Far more epochs than the interrupt needs: with epochs of a fraction of a second, 6 left a run
+    # (once) able to finish before the signal landed; an interrupted run never reaches them.
+    overrides = ["--set", "train.fine_tune.epochs=60"]
+    process = subprocess.Popen(TINY_CLI + ["fit", str(recipe), *overrides], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while fine_tune_epochs_done(runs) < 1 and process.poll() is None and time.monotonic() < deadline:
