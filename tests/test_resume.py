@@ -87,10 +87,10 @@ def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
     runs = tmp_path / "interrupted"
     recipe = recipe_file(tmp_path, photos, runs)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # Far more epochs than the interrupt needs: with epochs of a fraction of a second, 6 left a run
-    # (once) able to finish before the signal landed; an interrupted run never reaches them.
-    overrides = ["--set", "train.fine_tune.epochs=60"]
-    process = subprocess.Popen(TINY_CLI + ["fit", str(recipe), *overrides], env=env, stdout=subprocess.DEVNULL,
+    # SIG_DFL for SIGINT in the child: under a shell's background job (`cmd &`, as CI may run us)
+    # SIGINT is inherited as ignored, and Python then installs no KeyboardInterrupt handler.
+    process = subprocess.Popen(TINY_CLI + ["fit", str(recipe)], env=env, stdout=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while fine_tune_epochs_done(runs) < 1 and process.poll() is None and time.monotonic() < deadline:
