@@ -128,6 +128,7 @@ class FrozenActivations:
             raise ValueError("activation caching needs a classifier built by build_classifier")
         self.classifier = classifier
         self.cut = cut
+        self.views = views
         bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
         dtype = "float32" if cut is None else "float16"
         started = time.perf_counter()
@@ -147,13 +148,13 @@ class FrozenActivations:
             to_pooled = keras.Model(*_pooled_top(self.classifier, self.cut), name="frozen_top")
             train = (_run(to_pooled, train[0], batch_size), train[1])
             val = (_run(to_pooled, val[0], batch_size), val[1])
-        return (head_model(self.classifier, model_class), *_datasets(train, val, batch_size, seed),
+        return (head_model(self.classifier, model_class), *_datasets(train, val, batch_size, seed, self.views),
                 math.ceil(train_count / batch_size))
 
     def fine_tune_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
         """(top-and-head model, train dataset, val dataset, steps per epoch) on the cut activations."""
-        return (top_model(self.classifier, self.cut, model_class), *_datasets(self.train, self.val, batch_size, seed),
-                math.ceil(train_count / batch_size))
+        datasets = _datasets(self.train, self.val, batch_size, seed, self.views)
+        return top_model(self.classifier, self.cut, model_class), *datasets, math.ceil(train_count / batch_size)
 
 
 def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1, dtype: str = "float32",
@@ -188,21 +189,30 @@ def _run(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([step(inputs[i:i + batch_size]).numpy() for i in range(0, len(inputs), batch_size)])
 
 
-def _datasets(train, val, batch_size: int, seed: int):
-    """Shuffled, endless training batches (each epoch draws N of the K*N views) and validation batches.
+def _datasets(train, val, batch_size: int, seed: int, views: int):
+    """Endless training batches, one augmented view of every photo per epoch, and validation batches.
 
-    Over K epochs the model sees every augmented view about once.
+    The arrays are view-major (`extract`): epoch e trains on view e mod K, reshuffled (seeded),
+    so each epoch sees every photo once with a fresh augmentation, as the uncached phase does,
+    and K epochs see every view once. Batches never straddle two epochs: each epoch has
+    ceil(N / batch_size) of them, as `steps_per_epoch` counts.
     """
-    def cast(x, y):  # float16 activations train in float32
-        return tf.cast(x, tf.float32), y
+    features, labels = tf.convert_to_tensor(train[0]), tf.convert_to_tensor(train[1])
+    count = len(train[0]) // views
+
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices((epoch % views) * count + order).batch(batch_size)
+
+    def gather(rows):  # float16 activations train in float32
+        return tf.cast(tf.gather(features, rows), tf.float32), tf.gather(labels, rows)
 
     train_ds = (
-        tf.data.Dataset.from_tensor_slices(train)
-        .shuffle(len(train[0]), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size)
-        .map(cast, num_parallel_calls=tf.data.AUTOTUNE)
+        tf.data.Dataset.range(2**62)  # epochs; fit stops it after its own
+        .flat_map(epoch_batches)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size).map(cast)
+    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
     return pipeline.without_autotune_thread(train_ds), pipeline.without_autotune_thread(val_ds)

@@ -199,7 +199,7 @@ def test_epoch_pipelines_run_without_the_autotune_thread(image_folder):
     examples = sources.load_examples(str(image_folder))
     images = batched(files_dataset(examples, 16, "crop"), 3, 8, True, 0, True, len(examples))
     features = (np.zeros((6, 4), "float16"), np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]])
-    cached_train, cached_val = feature_cache._datasets(features, features, 2, 0)
+    cached_train, cached_val = feature_cache._datasets(features, features, 2, 0, views=2)
     for dataset in (images, cached_train, cached_val):
         assert dataset.options().autotune.enabled is False
     assert next(iter(images))[0].shape == (8, 16, 16, 3)

@@ -151,6 +151,25 @@ def test_activations_cached_at_a_cut_give_the_classifiers_features_and_outputs()
     np.testing.assert_allclose(cached, classifier(images, training=False).numpy(), atol=2e-2)
 
 
+def test_cached_epochs_see_every_photo_once_with_one_view_each():
+    # Like the uncached phase: each epoch every photo once, freshly augmented; K epochs use all K views.
+    from retail_vision.feature_cache import _datasets
+
+    views, photos, batch_size = 3, 7, 3
+    view_and_photo = np.array([[v, p] for v in range(views) for p in range(photos)], "float16")  # view-major
+    labels = np.zeros((views * photos, 2), "float32")
+    train, _ = _datasets((view_and_photo, labels), (view_and_photo, labels), batch_size, seed=0, views=views)
+    batches = iter(train)
+    epochs = []
+    for _ in range(2 * views):
+        rows = [next(batches)[0].numpy() for _ in range(-(-photos // batch_size))]  # steps_per_epoch
+        epochs.append(np.concatenate(rows))
+    for epoch, rows in enumerate(epochs):
+        assert sorted(rows[:, 1]) == list(range(photos))  # every photo once: no batch straddles epochs
+        assert set(rows[:, 0]) == {epoch % views}
+    assert not np.array_equal(epochs[0], epochs[views])  # the second pass over a view is reshuffled
+
+
 def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses():
     from retail_vision.feature_cache import fine_tune_cut
     from retail_vision.freezing import first_trainable_index
