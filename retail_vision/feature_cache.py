@@ -148,8 +148,8 @@ class FrozenActivations:
             to_pooled = keras.Model(*_pooled_top(self.classifier, self.cut), name="frozen_top")
             train = (_run(to_pooled, train[0], batch_size), train[1])
             val = (_run(to_pooled, val[0], batch_size), val[1])
-        return (head_model(self.classifier, model_class), *_datasets(train, val, batch_size, seed, self.views),
-                math.ceil(train_count / batch_size))
+        datasets = _datasets(train, val, batch_size, seed, self.views)
+        return head_model(self.classifier, model_class), *datasets, math.ceil(train_count / batch_size)
 
     def fine_tune_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
         """(top-and-head model, train dataset, val dataset, steps per epoch) on the cut activations."""
@@ -209,7 +209,7 @@ def _datasets(train, val, batch_size: int, seed: int, views: int):
         return tf.cast(tf.gather(features, rows), tf.float32), tf.gather(labels, rows)
 
     train_ds = (
-        tf.data.Dataset.range(2**62)  # epochs; fit stops it after its own
+        tf.data.Dataset.counter()  # epoch numbers; fit stops after its own
         .flat_map(epoch_batches)
         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
