@@ -33,10 +33,10 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from retail_vision.augment import build_augmenter
+    from retail_vision.training.augment import build_augmenter
     from retail_vision.classifier import build_classifier, get_backbone
     from retail_vision.data import pipeline, sources
-    from retail_vision.freezing import BackboneFreezer
+    from retail_vision.training.freezing import BackboneFreezer
     from retail_vision.recipe import AugmentConfig
 
     examples = sources.load_examples(args.data)

@@ -85,35 +85,32 @@ def main() -> None:
     import math
     import statistics
 
-    from retail_vision import Recipe, backbones
-    from retail_vision.augment import build_augmenter
+    from retail_vision import Recipe, plan
     from retail_vision.classifier import build_classifier, get_backbone
-    from retail_vision.data.training_data import resolve_training_data
-    from retail_vision.freezing import BackboneFreezer
-    from retail_vision.training import _compile, _with_augmentation, warmup_cosine
+    from retail_vision.training import phases
+    from retail_vision.training.augment import build_augmenter
+    from retail_vision.training.freezing import BackboneFreezer
 
     with tempfile.TemporaryDirectory() as folder:
         recipe = Recipe.from_yaml(args.recipe, args.overrides)
         manifest = subset_manifest(recipe.data.source, args.images, recipe.train.seed, folder)
         recipe = Recipe.from_yaml(args.recipe, args.overrides + [
             f"data.source={manifest}", "data.allow_outside_paths=true", "data.validation=0.1"])
-        data = resolve_training_data(recipe.data, recipe.train.seed)
-        size = recipe.data.image_size or backbones.get(recipe.model.backbone).input_size
+        the_plan = plan(recipe)
+        data, size = the_plan.data, the_plan.image_size
         batch, classes = recipe.train.batch_size, len(data.class_names)
         train_ds, _ = data.datasets(size, recipe.data.resize, batch, recipe.train.seed, True)
         classifier = build_classifier(recipe.model.backbone, classes, recipe.model.weights, recipe.model.dropout, size)
-        model = _with_augmentation(classifier, build_augmenter(recipe.augment, recipe.train.seed), size)
+        model = phases.with_augmentation(classifier, build_augmenter(recipe.augment, recipe.train.seed))
         freezer = BackboneFreezer(get_backbone(classifier))
         steps = math.ceil(data.train_count / batch)
         rows = []
-        for phase in ("head", "fine_tune"):
-            if phase == "head":
+        for phase in the_plan.phases:
+            if phase.name == "head":
                 freezer.freeze()
-                _compile(model, recipe.train, recipe.train.head.learning_rate, classes)
             else:
-                freezer.unfreeze(recipe.train.fine_tune.unfreeze, recipe.train.fine_tune.batchnorm)
-                _compile(model, recipe.train, warmup_cosine(recipe.train.fine_tune.learning_rate, 10 * steps, 0),
-                         classes)
+                freezer.unfreeze(the_plan.unfreeze_index, recipe.train.fine_tune.batchnorm)
+            phases.compile_for(model, phase, recipe.train, classes)
             warm_up = fit_epoch_rate(model, train_ds, data.train_count)  # fills the image cache, traces
             ceiling_rate(model, batch, size, classes, 2)  # traces the synthetic step
             fits, ceilings = [], []
@@ -121,7 +118,7 @@ def main() -> None:
                 fits.append(fit_epoch_rate(model, train_ds, data.train_count))
                 ceilings.append(ceiling_rate(model, batch, size, classes, steps))
             ratios = [f / c for f, c in zip(fits, ceilings)]
-            rows.append({"phase": phase, "fit_images_per_s": statistics.mean(fits),
+            rows.append({"phase": phase.name, "fit_images_per_s": statistics.mean(fits),
                          "ceiling_images_per_s": statistics.mean(ceilings), "efficiency": statistics.mean(ratios),
                          "lowest_round": min(ratios), "first_epoch_images_per_s": warm_up})
             print(table(rows[-1:], list(rows[-1])), flush=True)

@@ -37,7 +37,7 @@ def main() -> None:
     from retail_vision.classifier import build_classifier
     from retail_vision.data import pipeline
     from retail_vision.data.training_data import resolve_training_data
-    from retail_vision.feature_cache import extract, feature_extractor
+    from retail_vision.training.feature_cache import extract, feature_extractor
 
     recipe = Recipe.from_yaml(args.recipe, args.overrides)
     data = resolve_training_data(recipe.data, recipe.train.seed)

@@ -52,8 +52,10 @@ def main() -> None:
 
     from retail_vision import backbones
     from retail_vision.classifier import build_classifier, get_backbone
-    from retail_vision.feature_cache import bottom_model, fine_tune_cut, head_model, top_model
-    from retail_vision.freezing import BackboneFreezer, first_trainable_index
+    from retail_vision.backbone_layers import fine_tune_cut
+    from retail_vision.training.feature_cache import bottom_model, head_model, top_model
+    from retail_vision.backbone_layers import first_trainable_index
+    from retail_vision.training.freezing import BackboneFreezer
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
@@ -81,12 +83,12 @@ def main() -> None:
         backbone = get_backbone(classifier)
         first = first_trainable_index(backbone, args.unfreeze_from)
         cut = fine_tune_cut(backbone, first)
-        freezer.unfreeze(args.unfreeze_from, "frozen")
+        freezer.unfreeze(first, "frozen")
         activations = bottom_model(classifier, cut)(images, training=False)
         rows.append({"step": f"fine-tune (from {args.unfreeze_from}, cached activations)",
                      "images_per_s": rate(train_step(top_model(classifier, cut), activations), args.batch_size,
                                           args.steps)})
-    freezer.unfreeze("all", "frozen")
+    freezer.unfreeze(0, "frozen")  # all layers
     rows.append({"step": "fine-tune (all, BN frozen)",
                  "images_per_s": rate(train_step(classifier, images), args.batch_size, max(args.steps // 3, 3))})
     print(table(rows, ["step", "images_per_s"]))

@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Recipe": "retail_vision.recipe",
+    "plan": "retail_vision.planning",
+    "Plan": "retail_vision.planning",
     "fit": "retail_vision.training",
     "RunResult": "retail_vision.training",
     "build_classifier": "retail_vision.classifier",

@@ -1,8 +1,10 @@
-"""Load any artifact we write and run it the same way: `load_predictor(path).predict(images)`.
+"""Load any artifact we write and run it the same way: `load_predictor(model).predict(images)`.
 
 An artifact is a run directory, a `.keras` file, an exported SavedModel version directory or a
-`.tflite` file. Every predictor takes RGB images already resized to its square `image_size`
+`.tflite` file; a model in hand (a `Predictor`, or a `keras.Model` such as `fit(...).model`)
+is taken as it is. Every predictor takes RGB images already resized to its square `image_size`
 (uint8 or float 0..255, [N, H, W, 3]) and returns class probabilities [N, C] in `labels` order.
+This is the layer below `export` and `evaluation`: it loads, it never writes.
 """
 
 from __future__ import annotations
@@ -68,15 +70,64 @@ def load_model(path: str):
     return model, labels
 
 
+class SavedModelRunner:
+    """Runs an exported SavedModel's `serve_images` (or `serving_default` on encoded bytes)."""
+
+    def __init__(self, directory: str):
+        import tensorflow as tf
+
+        self.module = tf.saved_model.load(directory)
+        self.serve_images = self.module.signatures["serve_images"]
+        self.serve_bytes = self.module.signatures["serving_default"]
+        self.image_size = int(self.serve_images.structured_input_signature[1]["images"].shape[1])
+
+    def predict(self, images, batch_size: int = 32):
+        import tensorflow as tf
+
+        batches = [
+            self.serve_images(images=tf.constant(images[i : i + batch_size], tf.uint8))["probabilities"].numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+
+    def predict_bytes(self, encoded: list[bytes]):
+        import tensorflow as tf
+
+        return self.serve_bytes(image_bytes=tf.constant(encoded))["probabilities"].numpy()
+
+
+class TFLiteRunner:
+    """Runs a `.tflite` file with LiteRT (ai_edge_litert), one image per invoke."""
+
+    def __init__(self, path: str):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=path)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.image_size = int(self.input["shape"][1])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        results = []
+        for image in np.asarray(images):
+            self.interpreter.set_tensor(self.input["index"], image[None].astype(self.input["dtype"]))
+            self.interpreter.invoke()
+            output = self.interpreter.get_tensor(self.output["index"])[0]
+            scale, zero_point = self.output["quantization"]
+            if scale:  # a quantized output tensor
+                output = (output.astype(np.float32) - zero_point) * scale
+            results.append(output.astype(np.float32))
+        return np.stack(results) if results else np.zeros((0, self.output["shape"][-1]), np.float32)
+
+
 class SavedModelPredictor(Predictor):
     kind = "saved_model"
 
     def __init__(self, directory: str):
-        from retail_vision.export.saved_model import SavedModelRunner
-
         self.runner = SavedModelRunner(directory)
         labels = run_directory.read_labels(os.path.join(directory, "assets", run_directory.LABELS_FILE))
-        super().__init__(labels, self.runner.image_size, _resize_mode(directory))
+        super().__init__(labels, self.runner.image_size, resize_mode(directory))
 
     def predict(self, images):
         return self.runner.predict(np.asarray(images, np.uint8))
@@ -86,13 +137,11 @@ class TFLitePredictor(Predictor):
     kind = "tflite"
 
     def __init__(self, path: str):
-        from retail_vision.export.tflite import TFLiteRunner
-
         self.runner = TFLiteRunner(path)
         labels_file = os.path.join(os.path.dirname(path), run_directory.LABELS_FILE)
         labels = run_directory.read_labels(labels_file) if os.path.isfile(labels_file) else None
         super().__init__(labels or [str(i) for i in range(self.runner.output["shape"][-1])], self.runner.image_size,
-                         _resize_mode(path))
+                         resize_mode(path))
 
     def predict(self, images):
         return self.runner.predict(np.clip(np.round(images), 0, 255).astype(np.uint8))
@@ -119,8 +168,21 @@ class ImageNetPredictor(KerasPredictor):
         super().__init__(model, labels.splitlines(), "crop")
 
 
-def load_predictor(path: str) -> Predictor:
-    """A predictor for any artifact kind; a one-line UserError when `path` is none of them."""
+def load_predictor(model) -> Predictor:
+    """A predictor for any artifact kind, or for a model in hand; a one-line UserError when `model` is none of them.
+
+    A `keras.Model` without labels gets its output indices as labels ("0", "1", ...); pass
+    `fit(...).predictor` to keep the class names.
+    """
+    if isinstance(model, Predictor):
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        import keras
+
+        if isinstance(model, keras.Model):
+            return KerasPredictor(model, [str(i) for i in range(model.output_shape[-1])])
+        raise UserError(f"model: expected a path, a Predictor or a keras.Model, received {type(model).__name__}")
+    path = os.fspath(model)
     if not os.path.exists(path):
         raise UserError(f"{path}: no such model file or folder")
     if path.endswith(".tflite"):
@@ -128,7 +190,7 @@ def load_predictor(path: str) -> Predictor:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return SavedModelPredictor(path)
     model, labels = load_model(path)
-    return KerasPredictor(model, labels, _resize_mode(path))
+    return KerasPredictor(model, labels, resize_mode(path))
 
 
 def _keras_paths(path: str) -> tuple[str, str]:
@@ -137,18 +199,15 @@ def _keras_paths(path: str) -> tuple[str, str]:
     return path, os.path.join(os.path.dirname(path), run_directory.LABELS_FILE)
 
 
-def _resize_mode(path: str) -> str:
+def resize_mode(path: str) -> str:
     """The training `data.resize`, from the run's recipe or the export report beside the artifact."""
     import json
 
-    import yaml
-
     folder = path if os.path.isdir(path) else os.path.dirname(path)
-    recipe_file = os.path.join(folder, run_directory.RECIPE_FILE)
+    recipe = run_directory.saved_recipe(folder)
     report_file = os.path.join(folder, "export_report.json")
-    if os.path.isfile(recipe_file):
-        with open(recipe_file, encoding="utf-8") as handle:
-            return (yaml.safe_load(handle) or {}).get("data", {}).get("resize", "crop")
+    if recipe is not None:
+        return recipe.get("data", {}).get("resize", "crop")
     if os.path.isfile(report_file):
         with open(report_file, encoding="utf-8") as handle:
             return json.load(handle).get("resize", "crop")

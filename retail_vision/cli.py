@@ -12,7 +12,10 @@ import sys
 
 import click
 
+from retail_vision.recipe import TFLITE_KINDS, ExportConfig
+
 BAD_INPUT = 2
+_EXPORT_DEFAULTS = ExportConfig()
 
 
 def _user_errors_exit_2(command):
@@ -35,7 +38,26 @@ def _user_errors_exit_2(command):
 
 
 def _quiet_tensorflow():
+    """Load TensorFlow without its C++ start-up lines (oneDNN, CUDA stubs, cuInit) on the user's terminal.
+
+    Its absl logging writes them to file descriptor 2 before any log level applies, so that
+    descriptor points at /dev/null while TensorFlow loads and looks for devices. A Python error
+    raised meanwhile still reaches stderr: it prints after the descriptor is restored.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,35 +101,22 @@ def fit(recipe, runs_dir, overrides, resume):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 @_user_errors_exit_2
 def check(recipe, overrides):
-    """Validate RECIPE and scan its data without training."""
-    from retail_vision import backbones
+    """Check RECIPE against its data and backbone, and print the plan, without training."""
     from retail_vision.recipe import Recipe
 
     loaded = Recipe.from_yaml(recipe, list(overrides))
-    spec = backbones.get(loaded.model.backbone)
-    if loaded.data.source.startswith("tfds:"):
-        _quiet_tensorflow()
-    from retail_vision.data.training_data import resolve_training_data
+    _quiet_tensorflow()
+    from retail_vision.planning import plan
 
-    data = resolve_training_data(loaded.data, loaded.train.seed)
+    lines = plan(loaded).describe()
     click.echo(f"recipe:     {recipe} (valid)")
-    click.echo(f"backbone:   {spec.name}, {loaded.data.image_size or spec.input_size} px, weights {loaded.model.weights}")
-    click.echo(f"classes:    {len(data.class_names)}")
-    click.echo(f"train:      {data.train_count} images")
-    click.echo(f"validation: {data.validation_count} images")
-    click.echo(f"skipped:    {len(data.skipped)} files")
-    for skipped in data.skipped:
-        click.echo(f"  {skipped.path}: {skipped.reason}")
-    counts = data.train_class_counts()
-    if counts:
-        smallest = min(counts, key=counts.get)
-        largest = max(counts, key=counts.get)
-        click.echo(f"per class:  {counts[smallest]} ({smallest}) to {counts[largest]} ({largest}) train images")
+    for line in lines:
+        click.echo(line)
 
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.argument("data", type=click.Path())
+@click.argument("data", type=click.Path(), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (the metrics) on stdout.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="Write report.md, metrics.json, predictions.csv and the plots to this folder.")
@@ -116,7 +125,7 @@ def check(recipe, overrides):
               help="Fine -> coarse CSV like Grocery Store's classes.csv (default: one found next to DATA).")
 @_user_errors_exit_2
 def evaluate(model, data, as_json, report_dir, class_names, hierarchy):
-    """Score MODEL (run dir, .keras, SavedModel, .tflite) on DATA (folder or manifest)."""
+    """Score MODEL (run dir, .keras, SavedModel, .tflite) on DATA (folder or manifest; default: a run's validation files)."""
     import json
 
     _quiet_tensorflow()
@@ -134,13 +143,14 @@ def evaluate(model, data, as_json, report_dir, class_names, hierarchy):
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True))
-@click.option("--output", default="exported_models", show_default=True, help="Folder of exported models.")
+@click.option("--output", default=_EXPORT_DEFAULTS.output, show_default=True, help="Folder of exported models.")
 @click.option("--name", help="Model name (default: the recipe's name, or the .keras file's).")
 @click.option("--tflite", is_flag=True, help="Also write TFLite files (all four kinds unless --quantize).")
-@click.option("--quantize", help="Comma-separated TFLite kinds: float32,float16,dynamic,int8.")
+@click.option("--quantize", help=f"Comma-separated TFLite kinds: {','.join(TFLITE_KINDS)}.")
 @click.option("--data", type=click.Path(exists=True), help="Held-out images (folder or manifest) for the parity check.")
 @click.option("--allow-drop", is_flag=True, help="Publish even if int8 loses more than export.max_int8_drop points.")
-@click.option("--max-int8-drop", type=float, default=1.0, show_default=True, help="Allowed int8 top-1 drop, points.")
+@click.option("--max-int8-drop", type=float, default=_EXPORT_DEFAULTS.max_int8_drop, show_default=True,
+              help="Allowed int8 top-1 drop, points.")
 @_user_errors_exit_2
 def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_drop):
     """Export MODEL (run dir or .keras) for TF Serving and, with --tflite, for devices."""
@@ -149,7 +159,7 @@ def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_dro
 
     kinds = tuple(k.strip() for k in quantize.split(",") if k.strip()) if quantize else ()
     if tflite and not kinds:
-        kinds = ("float32", "float16", "dynamic", "int8")
+        kinds = TFLITE_KINDS
     result = export_model(model, output=output, name=name, tflite_kinds=kinds, data=data,
                           allow_drop=allow_drop, max_int8_drop=max_int8_drop)
     click.echo(result.version_dir)

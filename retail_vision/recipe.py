@@ -1,8 +1,8 @@
 """The recipe schema: every field once, with its default and one line of meaning.
 
-A recipe is YAML. Loading is strict: an unknown key, a wrong type or a bad value raises
-`RecipeError` with the dotted path, the value received and the nearest valid choice.
-This module imports nothing from the rest of the package and never TensorFlow.
+A recipe is YAML. Loading is strict: an unknown key, a wrong type or a bad value raises `RecipeError` with the
+dotted path, the value received and the nearest valid choice, for every problem at once.
+This module imports only the error types and the backbone registry, and never TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from typing import Any, Literal, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from retail_vision.backbones import _registry
 from retail_vision.errors import RecipeError
+
+TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")  # the TFLite files export can write
 
 
 class _Section(BaseModel):
@@ -56,6 +59,13 @@ class ModelConfig(_Section):
     weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the classification layer")
 
+    @field_validator("backbone")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in _registry.names():
+            raise ValueError(_registry.unknown_name_message(name))
+        return name
+
 
 class AugmentConfig(_Section):
     enabled: bool = Field(True, description="off switch for all augmentation")
@@ -67,6 +77,12 @@ class AugmentConfig(_Section):
     translation: float = Field(0.1, ge=0.0, lt=1.0, description="max shift as a fraction of the size")
     contrast: float = Field(0.1, ge=0.0, lt=1.0, description="max contrast change factor")
     brightness: float = Field(0.1, ge=0.0, lt=1.0, description="max brightness change, fraction of 255")
+
+    @property
+    def active(self) -> bool:
+        """Whether any random layer runs (`augment.build_augmenter` builds one per nonzero setting)."""
+        settings = (self.flip != "none", self.rotation, self.zoom, self.translation, self.contrast, self.brightness)
+        return self.enabled and any(settings)
 
 
 class HeadPhaseConfig(_Section):
@@ -125,7 +141,7 @@ class TrainConfig(_Section):
 class ExportConfig(_Section):
     enabled: bool = Field(False, description="export at the end of `fit` (as `retail-vision export RUN_DIR` would)")
     output: str = Field("exported_models", description="folder of exported models: <output>/<name>/<version>/")
-    tflite: list[Literal["float32", "float16", "dynamic", "int8"]] = Field(
+    tflite: list[Literal[TFLITE_KINDS]] = Field(
         default_factory=list, description="TFLite files to write besides the SavedModel"
     )
     max_int8_drop: float = Field(1.0, ge=0.0, le=100.0, description="int8 top-1 may lose at most this many points")
@@ -156,6 +172,14 @@ class Recipe(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig, description="artifacts written after training")
     distribute: DistributeConfig = Field(default_factory=DistributeConfig, description="devices and hosts")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
+    _source: str | None = PrivateAttr(None)  # the YAML file it was read from, for messages
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    def __eq__(self, other) -> bool:  # the same recipe, wherever it was read from
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
 
     # === Loading ===
 
@@ -167,7 +191,10 @@ class Recipe(_Section):
         try:
             recipe = cls.model_validate(raw)
         except pydantic.ValidationError as error:
-            raise RecipeError(_describe(error.errors()[0], raw)) from None
+            problems = list(dict.fromkeys(_describe(problem, raw) for problem in error.errors()))
+            if len(problems) == 1:
+                raise RecipeError(problems[0]) from None
+            raise RecipeError("\n".join([f"{len(problems)} problems:"] + [f"  {p}" for p in problems])) from None
         return recipe._with_paths_resolved(base_dir)
 
     @classmethod
@@ -192,9 +219,11 @@ class Recipe(_Section):
         for override in overrides:
             apply_override(raw, override)
         try:
-            return cls.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+            recipe = cls.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)))
         except RecipeError as error:
             raise RecipeError(f"{path}: {error}") from None
+        recipe._source = path
+        return recipe
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
@@ -269,6 +298,8 @@ def _describe(error: dict, raw: dict) -> str:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{path}: received {_short(value)}; expected one of {', '.join(map(repr, choices))}{hint}"
+    if kind == "value_error":  # a validator's own message
+        return f"{path}: {error['ctx']['error']}"
     if kind == "model_type":
         return f"{path}: expected a section (mapping), received {_short(value)}"
     return f"{path}: received {_short(value)}; {error['msg'][0].lower()}{error['msg'][1:]}"

@@ -3,6 +3,8 @@
     <runs_dir>/<name>-<YYYYmmdd-HHMMSS>/
         recipe.yaml      the resolved recipe (defaults filled in, paths absolute)
         labels.txt       class names, one per line, in output order
+        split.json       the exact training and validation files (what export and evaluate
+                         use as the run's held-out photos, never a rescan of the folder)
         model.keras      the best classifier (no augmentation layers)
         history.json     per-epoch metrics of both phases
         metrics.json     final val top-1/top-5 per phase, skipped files, wall time, images/s
@@ -23,6 +25,8 @@ LABELS_FILE = "labels.txt"
 RECIPE_FILE = "recipe.yaml"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
+SPLIT_FILE = "split.json"
+REPORT_FOLDER = "report"
 
 
 def create(runs_dir: str, name: str) -> str:
@@ -49,6 +53,44 @@ def write_text(run_dir: str, filename: str, text: str) -> None:
 
 def write_json(run_dir: str, filename: str, value) -> None:
     write_text(run_dir, filename, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_split(run_dir: str, data) -> None:
+    """Record which files trained and which validated (`data`: a TrainingData); TFDS records its split names."""
+    if data.train is None:
+        split = {"class_names": data.class_names, "tfds_splits": list(data.tfds_splits)}
+    else:
+        split = {"class_names": data.class_names,
+                 "train": {"paths": data.train.paths, "labels": data.train.labels},
+                 "validation": {"paths": data.validation.paths, "labels": data.validation.labels}}
+    write_json(run_dir, SPLIT_FILE, split)
+
+
+def read_split(run_dir: str):
+    """(train Examples, validation Examples) as the run recorded them; None for a TFDS run or a run without split.json."""
+    from retail_vision.data.sources import Examples
+
+    path = os.path.join(run_dir, SPLIT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        split = json.load(handle)
+    if "train" not in split:
+        return None
+    return tuple(Examples(split[part]["paths"], split[part]["labels"], split["class_names"])
+                 for part in ("train", "validation"))
+
+
+def saved_recipe(folder: str) -> dict | None:
+    """The resolved recipe a run directory holds, as plain YAML data (no validation: its backbone may be
+    registered only in the process that trained it); None where there is none."""
+    import yaml
+
+    path = os.path.join(folder, RECIPE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
 
 
 def read_labels(path: str) -> list[str]:

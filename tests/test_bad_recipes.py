@@ -1,4 +1,8 @@
-"""Table of broken recipes: each exits 2 with one line that names the dotted path, and writes nothing."""
+"""Table of broken recipes: `fit` and `check` both exit 2 with the same one line naming the dotted path, write nothing; several mistakes come in one error."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -66,14 +70,58 @@ def photos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("where, value, message", BROKEN, ids=[f"{w}={v!r}"[:40] for w, v, _ in BROKEN])
-def test_broken_recipe_exits_2_with_one_line_naming_the_path(photos, tmp_path, where, value, message):
+def test_broken_recipe_exits_2_with_one_line_naming_the_path_and_check_says_the_same(photos, tmp_path, where, value,
+                                                                                      message):
     recipe = tiny_recipe(photos, tmp_path / "runs")
     _set(recipe, where, value)
-    result = CliRunner().invoke(main, ["fit", str(write_recipe(tmp_path / "r.yaml", recipe))])
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 2, result.output[-500:]
-    assert len(errors) == 1 and message in errors[0], errors
+    recipe_file = str(write_recipe(tmp_path / "r.yaml", recipe))
+    said = {}
+    for verb in ("check", "fit"):
+        result = CliRunner().invoke(main, [verb, recipe_file])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2, (verb, result.output[-500:])
+        assert len(errors) == 1 and message in errors[0], (verb, errors)
+        said[verb] = errors[0]
+    assert said["check"] == said["fit"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_three_mistakes_in_the_schema_are_reported_together(photos, tmp_path):
+    recipe = tiny_recipe(photos, tmp_path / "runs")
+    for where, value in (("train.head.epoch", 3), ("model.dropout", 1.5), ("augment.flip", "diagonal")):
+        _set(recipe, where, value)
+    result = CliRunner().invoke(main, ["fit", str(write_recipe(tmp_path / "r.yaml", recipe))])
+    assert result.exit_code == 2
+    error = result.output[result.output.index("error:"):].splitlines()
+    assert error[0] == f"error: {tmp_path / 'r.yaml'}: 3 problems:"
+    assert [line.split(":")[0].strip() for line in error[1:4]] == ["model.dropout", "augment.flip", "train.head.epoch"]
+
+
+def test_three_mistakes_against_the_data_and_backbone_are_reported_together(photos, tmp_path):
+    recipe = tiny_recipe(photos, tmp_path / "runs")
+    _set(recipe, "data.validation", str(tmp_path / "no-such-folder"))  # the data
+    _set(recipe, "train.fine_tune.unfreeze", "conv9")  # the backbone
+    _set(recipe, "train.head.cache_features", True)  # the strategy
+    _set(recipe, "distribute.strategy", "tpu")
+    result = CliRunner().invoke(main, ["check", str(write_recipe(tmp_path / "r.yaml", recipe))])
+    assert result.exit_code == 2
+    error = result.output[result.output.index("error:"):].splitlines()
+    assert error[0].endswith("r.yaml: 3 problems:"), error
+    assert "train.head.cache_features: true is not supported with distribute.strategy 'tpu'" in error[1]
+    assert "no-such-folder: no such folder" in error[2]
+    assert "train.fine_tune.unfreeze: no layer named 'conv9'" in error[3]
+
+
+def test_an_unknown_backbone_is_found_before_tensorflow_loads(photos, tmp_path):
+    recipe = tiny_recipe(photos, tmp_path / "runs")
+    _set(recipe, "model.backbone", "resnet50")
+    recipe_file = write_recipe(tmp_path / "r.yaml", recipe)
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "retail_vision.cli", "fit", str(recipe_file)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) <= 3 and lines[0].startswith(f"error: {recipe_file}: model.backbone: unknown backbone"), lines
 
 
 def test_the_table_has_at_least_30_cases():

@@ -193,7 +193,7 @@ def test_cache_goes_to_files_when_the_images_do_not_fit_in_memory(image_folder, 
 def test_epoch_pipelines_run_without_the_autotune_thread(image_folder):
     # With tf.data autotuning on, each epoch's iterator teardown waited up to 35 s for the
     # autotuner's thread (docs/BENCHMARKS.md): every dataset that fit iterates per epoch keeps it off.
-    from retail_vision import feature_cache
+    from retail_vision.training import feature_cache
     from retail_vision.data.pipeline import batched, files_dataset
 
     examples = sources.load_examples(str(image_folder))

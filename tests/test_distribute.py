@@ -161,7 +161,7 @@ def test_two_workers_killed_mid_run_resume_from_the_chiefs_checkpoints(tmp_path)
 def test_the_chief_is_task_chief_or_else_worker_0(cluster, task_type, task_id, chief):
     import tensorflow as tf
 
-    from retail_vision.distribution import _is_chief
+    from retail_vision.training.distribution import _is_chief
 
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -201,3 +202,27 @@ def test_saved_model_rejects_non_image_bytes_with_an_error_and_keeps_serving(exp
         serve(image_bytes=tf.constant([b"GET /etc/passwd"]))
     good = serve(image_bytes=tf.constant([(samples / "red.jpg").read_bytes()]))
     assert good["labels"].numpy()[0][0] == b"red-apple"
+
+
+def test_export_checks_parity_on_the_runs_own_validation_files_after_photos_are_added(tmp_path):
+    photos = write_class_folders(tmp_path / "photos")
+    recipe = tiny_recipe(photos, tmp_path / "runs")
+    recipe["train"]["fine_tune"]["epochs"] = 0
+    result = fit(Recipe.from_dict(recipe), verbose=0)
+    split = json.loads((pathlib.Path(result.run_dir) / "split.json").read_text())
+    assert len(split["validation"]["paths"]) == result.metrics["val_images"] == 6
+    # New photos in the training folder: a rescan with the recipe's seed would split 48 photos anew.
+    for folder in {pathlib.Path(p).parent for p in split["train"]["paths"]}:
+        for i in range(8):
+            synthetic_image((128, 128, 128), seed=500 + i).save(folder / f"added_{i}.jpg")
+    exported = export_model(result.run_dir, output=str(tmp_path / "exported"), tflite_kinds=("float32",))
+    assert exported.report["held_out_images"] == 6
+    keras_row = exported.report["artifacts"][0]
+    assert keras_row["top1"] == pytest.approx(result.metrics["val_top1"])
+
+
+def test_a_model_in_hand_exports_with_its_labels(trained, tmp_path):
+    result, _, samples = trained
+    exported = export_model(result.predictor, output=str(tmp_path), name="in_hand", data=str(samples.parent / "photos"))
+    assert open(os.path.join(exported.version_dir, "labels.txt")).read().split() == result.labels
+    assert exported.report["model"] == "in-memory model"

@@ -1,4 +1,4 @@
-"""No input makes the recipe loader or the --set parser raise anything but a one-line RecipeError."""
+"""No input makes the recipe loader or the --set parser raise anything but a RecipeError of one line per problem."""
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -16,33 +16,42 @@ values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=
                       max_leaves=12)
 
 
+def assert_one_line_per_problem(error):
+    """One line; or a header 'N problems:' followed by N indented lines, one per problem."""
+    lines = str(error).splitlines()
+    assert lines and all(line.strip() for line in lines)
+    if len(lines) > 1:
+        assert lines[0].endswith(f"{len(lines) - 1} problems:"), lines
+        assert all(line.startswith("  ") and "\n" not in line for line in lines[1:])
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
-def test_any_mapping_loads_or_fails_with_one_line(raw):
+def test_any_mapping_loads_or_fails_with_one_line_per_problem(raw):
     try:
         Recipe.from_dict(raw, "/base")
     except RecipeError as error:
-        assert str(error) and "\n" not in str(error)
+        assert_one_line_per_problem(error)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 @example("[=")  # once escaped as an IndexError: '[' looked like a pydantic union-branch tag
-def test_any_override_applies_or_fails_with_one_line(text):
+def test_any_override_applies_or_fails_with_one_line_per_problem(text):
     raw = {"data": {"source": "x"}, "train": {"head": {"epochs": 1}}}
     try:
         apply_override(raw, text)
         Recipe.from_dict(raw, "/base")
     except RecipeError as error:
-        assert str(error) and "\n" not in str(error)
+        assert_one_line_per_problem(error)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200))
-def test_any_yaml_text_loads_or_fails_with_one_line(tmp_path_factory, text):
+def test_any_yaml_text_loads_or_fails_with_one_line_per_problem(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("r") / "recipe.yaml"
     path.write_text(text, encoding="utf-8")
     try:
         Recipe.from_yaml(str(path))
     except RecipeError as error:
-        assert str(error) and "\n" not in str(error)
+        assert_one_line_per_problem(error)

@@ -8,7 +8,8 @@ import pytest
 
 from retail_vision import Recipe, fit
 from retail_vision.classifier import build_classifier, get_backbone
-from retail_vision.freezing import BackboneFreezer
+from retail_vision.backbone_layers import first_trainable_index
+from retail_vision.training.freezing import BackboneFreezer
 
 from conftest import TINY_BACKBONE, tiny_recipe
 
@@ -63,12 +64,14 @@ def test_unfreeze_top_n_leaves_lower_layers_frozen():
     backbone = get_backbone(classifier)
     freezer = BackboneFreezer(backbone)
     freezer.freeze()
-    first = freezer.unfreeze(3, "frozen")  # conv2, bn2, relu2
+    first = first_trainable_index(backbone, 3)  # conv2, bn2, relu2
+    freezer.unfreeze(first, "frozen")
     assert [layer.name for layer in backbone.layers[first:]] == ["conv2", "bn2", "relu2"]
     assert backbone.get_layer("conv2").trainable and not backbone.get_layer("conv1").trainable
     assert not backbone.get_layer("bn2").trainable  # BatchNorm frozen on purpose
     assert backbone.get_layer("drop_connect").rate == 0.0  # below the unfrozen top: stays off
-    assert freezer.unfreeze("drop_connect", "train") == 4
+    assert first_trainable_index(backbone, "drop_connect") == 4
+    freezer.unfreeze(4, "train")
     assert backbone.get_layer("drop_connect").rate == pytest.approx(0.3)
     assert backbone.get_layer("bn2").trainable
 
@@ -130,7 +133,8 @@ def test_fine_tune_on_cached_activations_trains_the_full_models_top(image_folder
 def test_activations_cached_at_a_cut_give_the_classifiers_features_and_outputs():
     import tensorflow as tf
 
-    from retail_vision.feature_cache import FrozenActivations, feature_extractor, fine_tune_cut
+    from retail_vision.backbone_layers import fine_tune_cut
+    from retail_vision.training.feature_cache import FrozenActivations, feature_extractor, top_model
 
     classifier = build_classifier(TINY_BACKBONE, 3, "none", dropout=0.0, image_size=32)
     BackboneFreezer(get_backbone(classifier)).freeze()
@@ -141,19 +145,19 @@ def test_activations_cached_at_a_cut_give_the_classifiers_features_and_outputs()
     cut = fine_tune_cut(backbone, [layer.name for layer in backbone.layers].index("conv2"))
     cache = FrozenActivations(classifier, cut, dataset, dataset, augmenter=None, views=1)
 
-    head, head_train, _, _ = cache.head_phase(batch_size=4, seed=0, train_count=10)
+    head_train, _ = cache.head_datasets(batch_size=4, seed=0)
     features, _ = next(iter(head_train.unbatch().batch(10)))  # shuffled: compare as sorted rows
     expected = feature_extractor(classifier)(images, training=False).numpy()
     np.testing.assert_allclose(np.sort(features.numpy(), axis=0), np.sort(expected, axis=0), atol=2e-2)  # float16
 
-    top, _, top_val, _ = cache.fine_tune_phase(batch_size=4, seed=0, train_count=10)
+    top, (_, top_val) = top_model(classifier, cut), cache.fine_tune_datasets(batch_size=4, seed=0)
     cached = np.concatenate([top(x, training=False).numpy() for x, _ in top_val])
     np.testing.assert_allclose(cached, classifier(images, training=False).numpy(), atol=2e-2)
 
 
 def test_cached_epochs_see_every_photo_once_with_one_view_each():
     # Like the uncached phase: each epoch every photo once, freshly augmented; K epochs use all K views.
-    from retail_vision.feature_cache import _datasets
+    from retail_vision.training.feature_cache import _datasets
 
     views, photos, batch_size = 3, 7, 3
     view_and_photo = np.array([[v, p] for v in range(views) for p in range(photos)], "float16")  # view-major
@@ -170,10 +174,9 @@ def test_cached_epochs_see_every_photo_once_with_one_view_each():
     assert not np.array_equal(epochs[0], epochs[views])  # the second pass over a view is reshuffled
 
 
-def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses():
-    from retail_vision.feature_cache import fine_tune_cut
-    from retail_vision.freezing import first_trainable_index
-    from retail_vision.training import _check_cut
+def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses(image_folder, tmp_path):
+    from retail_vision import plan
+    from retail_vision.backbone_layers import fine_tune_cut
     from retail_vision.errors import RecipeError
 
     backbone = get_backbone(build_classifier("efficientnet_lite0", 3, "none"))
@@ -182,14 +185,21 @@ def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses():
     assert fine_tune_cut(backbone, index("block5b_expand_conv")) is not None  # its residual starts at the cut
     assert fine_tune_cut(backbone, index("block5b_dwconv")) is None  # block5b's residual crosses it
     assert fine_tune_cut(backbone, 0) is None  # nothing frozen
+
+    def planned(unfreeze):
+        return plan(Recipe.from_dict(tiny_recipe(image_folder, tmp_path, model={
+            "backbone": "efficientnet_lite0", "weights": "imagenet"}, train={
+            **tiny_recipe("", "")["train"], "fine_tune": {"unfreeze": unfreeze, "cache_activations": True}})))
+
     with pytest.raises(RecipeError, match="'block5b_expand_conv', 'block5c_expand_conv'"):
-        _check_cut(backbone, index("block5b_dwconv"), "block5b_dwconv")
+        planned("block5b_dwconv")
     with pytest.raises(RecipeError, match="unfreeze is 'all'"):
-        _check_cut(backbone, 0, "all")
+        planned("all")
+    assert planned("block6a_expand_conv").cache_cut == index("block6a_expand_conv")
 
 
 def test_feature_extractor_matches_the_classifiers_pooled_features():
-    from retail_vision.feature_cache import feature_extractor, head_model
+    from retail_vision.training.feature_cache import feature_extractor, head_model
 
     classifier = build_classifier(TINY_BACKBONE, 3, "none", dropout=0.0, image_size=32)
     images = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype("float32")

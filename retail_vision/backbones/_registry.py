@@ -57,13 +57,14 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 def get(name: str) -> BackboneSpec:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(
-            f"model.backbone: unknown backbone {name!r}; {hint}"
-            f"known: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise UserError(f"model.backbone: {unknown_name_message(name)}")
     return _REGISTRY[name]
+
+
+def unknown_name_message(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown backbone {name!r}; {hint}known: {', '.join(sorted(_REGISTRY))}"
 
 
 def names() -> list[str]:

@@ -44,50 +44,52 @@ from retail_vision.evaluation import metrics as metrics_lib
 
 HIERARCHY_FILE = "classes.csv"
 HIERARCHY_SEARCH_DEPTH = 3  # DATA's folder, its parent, its grandparent: grocery_store/val/Fruit -> grocery_store
-REPORT_FOLDER = "report"
 
 
-def evaluate(model: str, data: str, report_dir: str | None = None, class_names: str | None = None,
+def evaluate(model, data=None, report_dir: str | None = None, class_names: str | None = None,
              hierarchy: str | None = None, top_k: int = 5, batch_size: int = 32) -> dict:
-    """Score MODEL (any artifact `load_predictor` takes) on DATA (a folder or a manifest).
+    """Score MODEL on DATA.
 
-    Writes a report folder when `report_dir` is given; returns the metrics dict described above.
-    `class_names` is the class-name file for a manifest whose labels are ids.
+    MODEL: any artifact `load_predictor` takes (a path, a `Predictor` such as `fit(...).predictor`,
+    a `keras.Model`). DATA: a folder or a manifest, labelled `Examples`, or None for a run
+    directory's own validation files (its split.json). Writes a report folder when `report_dir`
+    is given; returns the metrics dict described above. `class_names` is the class-name file for
+    a manifest whose labels are ids.
     """
     from retail_vision.artifacts import load_predictor
 
     _check_positive(top_k=top_k, batch_size=batch_size)
     predictor = load_predictor(model)
-    examples = matched_examples(sources.load_examples(data, class_names), predictor.labels, data, model)
-    coarse_of, hierarchy_file = _hierarchy(hierarchy, data, predictor.labels)
+    model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"in-memory {predictor.kind} model"
+    if data is None:
+        examples, data_name = _run_validation(model), None
+    elif isinstance(data, sources.Examples):
+        examples, data_name = data, None
+    else:
+        examples, data_name = sources.load_examples(data, class_names), os.fspath(data)
+    if data_name is None:  # files in hand: name them by the folder they share
+        data_name = os.path.commonpath([os.path.dirname(path) for path in examples.paths])
+    examples = matched_examples(examples, predictor.labels, data_name, model_name)
+    coarse_of, hierarchy_file = _hierarchy(hierarchy, data_name, predictor.labels)
+    history = _read_history(model) if isinstance(model, (str, os.PathLike)) else None
     return _score(
         predictor.predict, predictor.labels, predictor.image_size, predictor.resize, examples,
-        description={"model": model, "data": data, "hierarchy": hierarchy_file}, coarse_of=coarse_of,
-        groups=coarse_of or _folder_groups(examples, data), history=_read_history(model),
+        description={"model": model_name, "data": data_name, "hierarchy": hierarchy_file}, coarse_of=coarse_of,
+        groups=coarse_of or _folder_groups(examples, data_name), history=history,
         report_dir=report_dir, top_k=top_k, batch_size=batch_size,
     )
 
 
-def write_run_report(run_dir: str, model, labels: list[str], validation_examples: sources.Examples,
-                     resize: str) -> dict:
-    """Evaluate a just-trained keras model on its validation Examples into `<run_dir>/report/`.
-
-    Call it after history.json is written, so the report shows the training curves too.
-    """
-    root = os.path.commonpath([os.path.dirname(path) for path in validation_examples.paths])
-    examples = matched_examples(validation_examples, labels, root, run_dir)
-    coarse_of, hierarchy_file = _hierarchy(None, root, labels)
-
-    from retail_vision.artifacts import KerasPredictor
-
-    predict = KerasPredictor(model, labels, resize).predict
-
-    return _score(
-        predict, labels, int(model.input_shape[1]), resize, examples,
-        description={"model": run_dir, "data": root, "hierarchy": hierarchy_file}, coarse_of=coarse_of,
-        groups=coarse_of or _folder_groups(examples, root), history=_read_history(run_dir),
-        report_dir=os.path.join(run_dir, REPORT_FOLDER), top_k=5, batch_size=32,
-    )
+def _run_validation(model) -> sources.Examples:
+    """The validation files a run directory recorded, for `evaluate RUN` without DATA."""
+    folder = None
+    if isinstance(model, (str, os.PathLike)):
+        folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
+    split = run_directory.read_split(folder) if folder else None
+    if split is None:
+        raise UserError(f"{model}: no recorded validation files (split.json of a folder or manifest run); "
+                        "give DATA, a folder or manifest of labelled photos")
+    return split[1]
 
 
 def _score(predict, labels, image_size, resize, examples, description, coarse_of, groups, history,

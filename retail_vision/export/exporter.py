@@ -15,13 +15,17 @@ import numpy as np
 import tensorflow as tf
 
 from retail_vision import run_directory
-from retail_vision.artifacts import load_images, load_model
+from retail_vision.artifacts import KerasPredictor, SavedModelRunner, TFLiteRunner, load_images, load_predictor
+from retail_vision.console import log
+from retail_vision.data import sources
 from retail_vision.errors import ParityError, UserError
 from retail_vision.export import parity, tflite, tflite_metadata, versioning
 from retail_vision.export.parity import HeldOut
-from retail_vision.export.saved_model import SavedModelRunner, write_saved_model
+from retail_vision.export.saved_model import write_saved_model
+from retail_vision.recipe import ExportConfig
 
 REPORT_FILE = "export_report.json"
+DEFAULTS = ExportConfig()  # the recipe's export defaults, for calls that come without a recipe
 
 
 @dataclasses.dataclass
@@ -31,44 +35,45 @@ class ExportResult:
 
 
 def export_model(
-    model: str,
-    output: str = "exported_models",
+    model,
+    output: str = DEFAULTS.output,
     name: str | None = None,
     tflite_kinds: tuple[str, ...] = (),
-    data: str | None = None,
+    data=None,
     allow_drop: bool = False,
-    max_int8_drop: float = 1.0,
-    calibration_images: int = 200,
+    max_int8_drop: float = DEFAULTS.max_int8_drop,
+    calibration_images: int = DEFAULTS.calibration_images,
     seed: int = 0,
 ) -> ExportResult:
-    """Export a run directory or `.keras` file. `data`: held-out images (default: the run's validation)."""
+    """Export a run directory, a `.keras` file or a Keras model in hand (`fit(...).predictor`).
+
+    `data`: held-out images (a folder, a manifest or `Examples`); by default the validation
+    files a run recorded in its split.json, and int8 calibrates on its training files.
+    """
     unknown = [kind for kind in tflite_kinds if kind not in tflite.KINDS]
     if unknown:
         raise UserError(f"--quantize: unknown {', '.join(unknown)}; choose from {', '.join(tflite.KINDS)}")
-    classifier, labels = load_model(model)
-    recipe = _recipe_of(model)
-    name = name or (recipe.name if recipe else os.path.splitext(os.path.basename(model.rstrip("/")))[0])
-    resize = recipe.data.resize if recipe else "crop"
+    source = _Source.of(model, name)
+    classifier, labels, resize = source.predictor.model, source.predictor.labels, source.predictor.resize
     size = int(classifier.input_shape[1])
-    held_out_examples, calibration_paths = _held_out_and_calibration(recipe, data, labels, calibration_images, seed)
+    held_out_examples, calibration_paths = _held_out_and_calibration(source, data, calibration_images, seed)
     images, failures = load_images(held_out_examples.paths, size, resize)
     failed = {path for path, _ in failures}
     keep = [i for i, path in enumerate(held_out_examples.paths) if path not in failed]
     held_out = HeldOut(images, np.array([held_out_examples.labels[i] for i in keep]),
                        [held_out_examples.paths[i] for i in keep])
-    _log(f"held-out images: {len(keep)} ({len(failures)} unreadable skipped)")
+    log(f"held-out images: {len(keep)} ({len(failures)} unreadable skipped)")
 
-    model_dir = os.path.join(output, name)
+    model_dir = os.path.join(output, source.name)
     with versioning.staging_folder(model_dir) as staging:
         rows = []
-        keras_file = model if os.path.isfile(model) else os.path.join(model, run_directory.MODEL_FILE)
         call = tf.function(lambda images: classifier(tf.cast(images, tf.float32), training=False))
         keras_row, reference = parity.measure(
-            "keras", [keras_file], lambda h: call(h.images).numpy(), held_out, None,
+            "keras", source.keras_files, lambda h: call(h.images).numpy(), held_out, None,
             batch_predict=lambda h: classifier.predict(h.images.astype(np.float32), verbose=0, batch_size=32))
         rows.append(keras_row)
 
-        _log("writing SavedModel (TF Serving)")
+        log("writing SavedModel (TF Serving)")
         write_saved_model(classifier, labels, staging, resize)
         saved_model_files = [os.path.join(staging, f) for f in ("saved_model.pb", "variables", "assets")]
         runner = SavedModelRunner(staging)
@@ -81,28 +86,55 @@ def export_model(
 
         notes = []
         for kind in tflite_kinds:
-            _log(f"converting TFLite {kind}")
+            log(f"converting TFLite {kind}")
             quantization = _quantization(kind, calibration_paths, size, resize)
             flatbuffer = tflite.convert(classifier, quantization)
             if tflite_metadata.available():
-                flatbuffer = tflite_metadata.add_metadata(flatbuffer, labels, name)
+                flatbuffer = tflite_metadata.add_metadata(flatbuffer, labels, source.name)
             elif not notes:
                 notes.append(f"TFLite files carry no MediaPipe metadata: {tflite_metadata.INSTALL_HINT}")
-            path = os.path.join(staging, f"{name}.{kind}.tflite")
+            path = os.path.join(staging, f"{source.name}.{kind}.tflite")
             with open(path, "wb") as handle:
                 handle.write(flatbuffer)
-            file_runner = tflite.TFLiteRunner(path)
+            file_runner = TFLiteRunner(path)
             rows.append(parity.measure(f"tflite:{kind}", [path], lambda h: file_runner.predict(h.images),
                                        held_out, reference)[0])
 
-        report = {"name": name, "model": os.path.abspath(model), "held_out_images": len(keep), "resize": resize,
+        report = {"name": source.name, "model": source.description, "held_out_images": len(keep), "resize": resize,
                   "max_int8_drop_points": max_int8_drop, "artifacts": rows, "notes": notes}
         run_directory.write_json(staging, REPORT_FILE, report)
         print(parity.format_table(rows), file=sys.stderr)
         _check_int8(rows, max_int8_drop, allow_drop)
         version_dir = versioning.publish(staging, model_dir)
-    _log(f"exported: {version_dir}")
+    log(f"exported: {version_dir}")
     return ExportResult(version_dir, report)
+
+
+@dataclasses.dataclass
+class _Source:
+    """What is exported: the Keras model with its labels, its name, and the run it came from (if any)."""
+
+    predictor: KerasPredictor
+    name: str
+    description: str  # for the report: the path, or "in-memory model"
+    keras_files: list[str]  # the .keras file, for the size column; none for a model in hand
+    split: tuple | None  # (train, validation) Examples the run recorded
+
+    @classmethod
+    def of(cls, model, name: str | None) -> "_Source":
+        predictor = load_predictor(model)
+        if not isinstance(predictor, KerasPredictor):
+            raise UserError(f"{model}: export takes a run directory, a .keras file or a Keras model; "
+                            f"this is a {predictor.kind} artifact, already exported")
+        if not isinstance(model, (str, os.PathLike)):
+            return cls(predictor, name or "model", "in-memory model", [], None)
+        path = os.fspath(model)
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        recipe = run_directory.saved_recipe(folder) or {}
+        default_name = recipe.get("name") or os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+        keras_file = path if os.path.isfile(path) else os.path.join(path, run_directory.MODEL_FILE)
+        return cls(predictor, name or default_name, os.path.abspath(path), [keras_file],
+                   run_directory.read_split(folder))
 
 
 def _check_int8(rows: list[dict], max_drop: float, allow_drop: bool) -> None:
@@ -117,37 +149,21 @@ def _check_int8(rows: list[dict], max_drop: float, allow_drop: bool) -> None:
             )
 
 
-def _recipe_of(model: str):
-    from retail_vision.recipe import Recipe
-
-    folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
-    recipe_file = os.path.join(folder, run_directory.RECIPE_FILE)
-    return Recipe.from_yaml(recipe_file) if os.path.isfile(recipe_file) else None
-
-
-def _held_out_and_calibration(recipe, data, labels, calibration_images, seed):
-    """Held-out Examples (labels in the model's order) and calibration image paths (train images)."""
-    from retail_vision.data import sources
-    from retail_vision.data.training_data import resolve_training_data
-
-    train_paths: list[str] = []
-    if recipe is not None and not recipe.data.source.startswith("tfds:"):
-        try:
-            resolved = resolve_training_data(recipe.data, recipe.train.seed)
-            train_paths = resolved.train.paths
-            held_out = resolved.validation
-        except UserError:
-            if data is None:
-                raise
-            held_out = None
-    else:
-        held_out = None
-    if data is not None:
+def _held_out_and_calibration(source: _Source, data, calibration_images: int, seed: int):
+    """Held-out Examples (labels in the model's order) and int8 calibration image paths (training files)."""
+    labels = source.predictor.labels
+    if isinstance(data, sources.Examples):
+        held_out = data
+    elif data is not None:
         held_out = sources.load_examples(data, known_classes=labels)
-    if held_out is None:
+    elif source.split is not None:
+        held_out = source.split[1]
+    else:
         raise UserError("export needs held-out images to check each artifact: pass --data FOLDER_OR_MANIFEST")
-    held_out = sources.Examples(held_out.paths, held_out.labels, labels)
-    pool = train_paths or held_out.paths  # without training data, calibrate on the held-out images
+    index = {name: i for i, name in enumerate(labels)}
+    held_out = sources.Examples(held_out.paths, [index[held_out.class_names[label]] for label in held_out.labels],
+                                labels)
+    pool = source.split[0].paths if source.split is not None else held_out.paths  # else: the held-out images
     rng = np.random.default_rng(seed)
     calibration = [pool[i] for i in rng.permutation(len(pool))[:calibration_images]]
     return held_out, calibration
@@ -171,6 +187,3 @@ def _read(paths: list[str]) -> list[bytes]:
 def _in_batches(predict, items: list, batch_size: int = 32) -> np.ndarray:
     return np.concatenate([predict(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
 
-
-def _log(message: str) -> None:
-    print(f"[retail-vision] {message}", file=sys.stderr, flush=True)

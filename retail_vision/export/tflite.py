@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-KINDS = ("float32", "float16", "dynamic", "int8")
+from retail_vision.recipe import TFLITE_KINDS as KINDS  # declared once, with the recipe schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,28 +104,3 @@ def check_raw_pixel_input(model: bytes) -> None:
     scale, zero_point = Interpreter(model_content=model).get_input_details()[0]["quantization"]
     if not (abs(scale - 1.0) < 1e-6 and zero_point == 0):
         raise RuntimeError(f"int8 input quantization is scale {scale}, zero point {zero_point}; expected 1 and 0")
-
-
-class TFLiteRunner:
-    """Runs a `.tflite` file with LiteRT (ai_edge_litert), one image per invoke."""
-
-    def __init__(self, path: str):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=path)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.image_size = int(self.input["shape"][1])
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        results = []
-        for image in np.asarray(images):
-            self.interpreter.set_tensor(self.input["index"], image[None].astype(self.input["dtype"]))
-            self.interpreter.invoke()
-            output = self.interpreter.get_tensor(self.output["index"])[0]
-            scale, zero_point = self.output["quantization"]
-            if scale:  # a quantized output tensor
-                output = (output.astype(np.float32) - zero_point) * scale
-            results.append(output.astype(np.float32))
-        return np.stack(results) if results else np.zeros((0, self.output["shape"][-1]), np.float32)

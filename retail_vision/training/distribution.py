@@ -1,9 +1,9 @@
 """tf.distribute for `fit`: one machine's GPUs (mirrored), several hosts (multi_worker), TPUs.
 
-The recipe's batch size is the global batch; each replica gets batch / replicas. The learning
-rates are used as written (`lr_scaling: none`) or multiplied by the number of replicas
-(`linear`, the rule of Goyal et al. for large-batch SGD). Under `multi_worker` every worker runs
-`fit` in step with the others, and only the chief keeps what it writes (`Distribution.is_chief`).
+The recipe's batch size is the global batch; each replica gets batch / replicas (`plan` checks
+that it divides and scales the learning rates for `lr_scaling: linear`). Under `multi_worker`
+every worker runs `fit` in step with the others, and only the chief keeps what it writes
+(`Distribution.is_chief`).
 """
 
 from __future__ import annotations
@@ -11,29 +11,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
-from retail_vision.errors import RecipeError
-
 
 @dataclasses.dataclass
 class Distribution:
     strategy: object | None  # a tf.distribute.Strategy, or None for plain single-device training
     replicas: int
-    lr_factor: float
     is_chief: bool = True  # writes the run directory, checkpoints and export; False on other workers
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
-    def describe(self, name: str, global_batch: int, lr_scaling: str) -> dict:
-        return {"strategy": name, "replicas": self.replicas, "global_batch": global_batch,
-                "per_replica_batch": global_batch // self.replicas, "lr_scaling": lr_scaling,
-                "lr_factor": self.lr_factor}
 
-
-def make(config, global_batch: int) -> Distribution:
-    """The strategy the recipe's `distribute` section asks for, checked against the batch size."""
+def make(config) -> Distribution:
+    """The strategy the recipe's `distribute` section asks for (the first TensorFlow work of a run)."""
     if config.strategy == "none":
-        return Distribution(None, 1, 1.0)
+        return Distribution(None, 1)
     import tensorflow as tf
 
     if config.strategy == "mirrored":
@@ -45,15 +37,8 @@ def make(config, global_batch: int) -> Distribution:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         strategy = tf.distribute.TPUStrategy(resolver)
-    replicas = strategy.num_replicas_in_sync
-    if global_batch % replicas:
-        raise RecipeError(
-            f"train.batch_size: {global_batch} does not divide over {replicas} replicas; "
-            f"use a multiple of {replicas}"
-        )
-    factor = float(replicas) if config.lr_scaling == "linear" else 1.0
     chief = _is_chief(strategy.cluster_resolver) if config.strategy == "multi_worker" else True
-    return Distribution(strategy, replicas, factor, chief)
+    return Distribution(strategy, strategy.num_replicas_in_sync, chief)
 
 
 def _is_chief(resolver) -> bool:

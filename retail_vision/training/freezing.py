@@ -10,11 +10,7 @@ so the mode is set on the layers themselves:
 
 from __future__ import annotations
 
-import difflib
-
 import keras
-
-from retail_vision.errors import RecipeError
 
 
 class BackboneFreezer:
@@ -31,15 +27,13 @@ class BackboneFreezer:
         self.backbone.trainable = False
         self._set_dropout(active_from=len(self.backbone.layers))
 
-    def unfreeze(self, unfreeze: str | int, batchnorm: str) -> int:
-        """Fine-tune phase: train layers from `first_trainable_index(unfreeze)` on. Returns that index."""
-        first = first_trainable_index(self.backbone, unfreeze)
+    def unfreeze(self, first: int, batchnorm: str) -> None:
+        """Fine-tune phase: train backbone layers `first` and up (`backbone_layers.first_trainable_index`)."""
         self.backbone.trainable = True
         for index, layer in enumerate(self.backbone.layers):
             frozen = index < first or (batchnorm == "frozen" and isinstance(layer, keras.layers.BatchNormalization))
             layer.trainable = not frozen
         self._set_dropout(active_from=first)
-        return first
 
     def restore(self) -> None:
         """Put the original dropout rates back so the saved model's config is the architecture's."""
@@ -49,23 +43,3 @@ class BackboneFreezer:
         for index, layer in enumerate(self.backbone.layers):
             if layer.name in self._dropout_rates:
                 layer.rate = self._dropout_rates[layer.name] if index >= active_from else 0.0
-
-
-def first_trainable_index(backbone: keras.Model, unfreeze: str | int) -> int:
-    """'all' -> 0; N -> the top N layers; a layer name -> that layer and everything above it."""
-    layers = backbone.layers
-    if unfreeze == "all":
-        return 0
-    if isinstance(unfreeze, int):
-        if not 1 <= unfreeze <= len(layers):
-            raise RecipeError(
-                f"train.fine_tune.unfreeze: received {unfreeze}; the backbone has {len(layers)} layers, "
-                f"use 1..{len(layers)} or 'all'"
-            )
-        return len(layers) - unfreeze
-    names = [layer.name for layer in layers]
-    if unfreeze not in names:
-        close = difflib.get_close_matches(unfreeze, names, n=3)
-        hint = f"did you mean {', '.join(map(repr, close))}?" if close else "see the layer names in model.summary()"
-        raise RecipeError(f"train.fine_tune.unfreeze: no layer named {unfreeze!r} in {backbone.name}; {hint}")
-    return names.index(unfreeze)

@@ -8,12 +8,12 @@ per image (K augmented views when augmentation is on) and kept in memory:
   The head phase then takes its pooled features from the same activations (one pass through
   the still-frozen top), so the bottom of the backbone runs once for both phases.
 The models trained here are made of the classifier's own layers, so the trained weights are
-already inside the full model: nothing is copied back.
+already inside the full model: nothing is copied back. What is cached, where, and whether it
+fits in memory is decided by `plan`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import keras
@@ -24,18 +24,6 @@ from retail_vision.classifier import BACKBONE_LAYER, get_backbone
 from retail_vision.data import pipeline
 
 HEAD_LAYERS = ("head_dropout", "predictions")
-MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the activations fit in this much memory
-
-
-# Where a cached phase was tested; under TPU strategies `auto` trains uncached.
-STRATEGIES = ("none", "mirrored", "multi_worker")
-
-
-def should_cache(setting, nbytes: int, strategy: str = "none") -> bool:
-    """`true`/`false` as asked; `auto` caches when `nbytes` of activations fit the memory budget."""
-    if setting != "auto":
-        return bool(setting)
-    return strategy in STRATEGIES and nbytes <= MEMORY_BUDGET_BYTES
 
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:
@@ -54,33 +42,6 @@ def head_model(classifier: keras.Model, model_class=keras.Model) -> keras.Model:
     for name in HEAD_LAYERS:
         x = classifier.get_layer(name)(x)
     return model_class(features, x, name="head")
-
-
-# === Where the frozen bottom ends in a partial fine-tune ===
-
-
-def fine_tune_cut(backbone: keras.Model, first_trainable: int):
-    """The tensor feeding backbone layer `first_trainable` when everything above depends on it alone.
-
-    None when nothing below is frozen, or when the layer sits inside a block whose residual
-    connection reaches below it (the top would need a second, uncached input).
-    """
-    layers = backbone.layers
-    if not any(not isinstance(layer, keras.layers.InputLayer) for layer in layers[:first_trainable]):
-        return None
-    cut = layers[first_trainable].input
-    if not isinstance(cut, keras.KerasTensor):  # a layer with several inputs (Add, Concatenate)
-        return None
-    try:
-        keras.Model(cut, backbone.output)
-    except ValueError:  # "not connected": a residual crosses the cut
-        return None
-    return cut
-
-
-def clean_cut_names(backbone: keras.Model) -> list[str]:
-    """Names of the layers a cached fine-tune can start at, bottom to top (for error messages)."""
-    return [layer.name for index, layer in enumerate(backbone.layers) if fine_tune_cut(backbone, index) is not None]
 
 
 def top_model(classifier: keras.Model, cut, model_class=keras.Model) -> keras.Model:
@@ -106,20 +67,14 @@ def bottom_model(classifier: keras.Model, cut) -> keras.Model:
     return keras.Model(images, keras.Model(backbone.input, cut, name="backbone_bottom")(x), name="bottom")
 
 
-def bytes_per_view(model: keras.Model, image_size: int, dtype: str) -> int:
-    """Memory one image's activations take in the cache (the shape at this image size)."""
-    shape = model.compute_output_shape((1, image_size, image_size, 3))
-    return math.prod(shape[1:]) * np.dtype(dtype).itemsize
-
-
 # === The cache ===
 
 
 class FrozenActivations:
     """The frozen part's output for every training view and validation image, and the models that train on it.
 
-    `cut`: None caches the pooled features (head phase only); a tensor from `fine_tune_cut`
-    caches the bottom's output there (both phases). Activation maps are kept in float16, half
+    `cut`: None caches the pooled features (head phase only); a tensor from
+    `backbone_layers.fine_tune_cut` caches the bottom's output there (both phases). Activation maps are kept in float16, half
     of float32's memory; pooled features stay float32.
     """
 
@@ -141,20 +96,18 @@ class FrozenActivations:
             "seconds": round(time.perf_counter() - started, 1),
         }
 
-    def head_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
-        """(head model, train dataset, val dataset, steps per epoch) on pooled features."""
+    def head_datasets(self, batch_size: int, seed: int):
+        """(train, val) datasets of pooled features, for `head_model`."""
         train, val = self.train, self.val
         if self.cut is not None:  # pool the stored activations through the frozen top, once
             to_pooled = keras.Model(*_pooled_top(self.classifier, self.cut), name="frozen_top")
             train = (_run(to_pooled, train[0], batch_size), train[1])
             val = (_run(to_pooled, val[0], batch_size), val[1])
-        datasets = _datasets(train, val, batch_size, seed, self.views)
-        return head_model(self.classifier, model_class), *datasets, math.ceil(train_count / batch_size)
+        return _datasets(train, val, batch_size, seed, self.views)
 
-    def fine_tune_phase(self, batch_size: int, seed: int, train_count: int, model_class=keras.Model):
-        """(top-and-head model, train dataset, val dataset, steps per epoch) on the cut activations."""
-        datasets = _datasets(self.train, self.val, batch_size, seed, self.views)
-        return top_model(self.classifier, self.cut, model_class), *datasets, math.ceil(train_count / batch_size)
+    def fine_tune_datasets(self, batch_size: int, seed: int):
+        """(train, val) datasets of the cut activations, for `top_model`."""
+        return _datasets(self.train, self.val, batch_size, seed, self.views)
 
 
 def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1, dtype: str = "float32",

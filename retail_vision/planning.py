@@ -1,0 +1,265 @@
+"""`plan(recipe) -> Plan`: a recipe checked and resolved once, before anything trains.
+
+Every check that can be made before training lives here, and every problem found is reported
+at once: one `RecipeError` with one line per problem, each named by its dotted path. What the
+checks resolve stays on the `Plan`: the backbone, the image size, the data and its split, the
+class weights, where the fine-tune starts, what the frozen layers cache, the learning rates
+and the steps of each phase. `fit` trains from a plan and `retail-vision check` prints one,
+so no verb works a recipe out again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from retail_vision import backbones
+from retail_vision.data.training_data import TrainingData, resolve_training_data
+from retail_vision.errors import DataError, RecipeError, UserError
+from retail_vision.recipe import Recipe
+
+# Where training on cached activations is tested; under a TPU strategy `auto` trains uncached.
+CACHE_STRATEGIES = ("none", "mirrored", "multi_worker")
+MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the activations fit in this much memory
+ACTIVATION_BYTES = 2  # activation maps are cached in float16
+FEATURE_BYTES = 4  # pooled features stay float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One training phase as the plan resolved it."""
+
+    name: str  # "head" or "fine_tune"
+    epochs: int
+    learning_rate: float  # constant (head) or the peak after warmup (fine-tune), scaled for the replicas
+    warmup_steps: int  # fine-tune only: linear warmup from 0, then cosine decay to 0
+    steps_per_epoch: int
+    cached: bool  # trains on activations the frozen layers computed once
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    backbone: backbones.BackboneSpec
+    image_size: int
+    data: TrainingData
+    class_weight: dict[int, float] | None
+    views: int  # augmented views per image in the activation cache (1 without augmentation)
+    unfreeze_index: int  # first trainable backbone layer of the fine-tune (0: all)
+    unfreeze_layer: str  # its name, for messages
+    backbone_layer_count: int
+    cache_cut: int | None  # the fine-tune caches the input of this backbone layer; None: pooled features
+    cache_bytes: int  # memory the activation cache takes (0 when nothing is cached)
+    replicas: int
+    lr_factor: float
+    phases: tuple[Phase, ...]  # the phases with epochs to train, in order
+    notes: tuple[str, ...]  # worth saying, not errors
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    def phase(self, name: str) -> Phase | None:
+        return next((phase for phase in self.phases if phase.name == name), None)
+
+    @property
+    def distribute_summary(self) -> dict:
+        batch = self.recipe.train.batch_size
+        return {"strategy": self.recipe.distribute.strategy, "replicas": self.replicas, "global_batch": batch,
+                "per_replica_batch": batch // self.replicas, "lr_scaling": self.recipe.distribute.lr_scaling,
+                "lr_factor": self.lr_factor}
+
+    def describe(self) -> list[str]:
+        """What would be trained, how and on what: the lines `retail-vision check` prints."""
+        recipe, data = self.recipe, self.data
+        lines = [
+            f"backbone:   {self.backbone.name}, {self.image_size} px, weights {recipe.model.weights}",
+            f"classes:    {len(data.class_names)}",
+            f"train:      {_count(data.train_count, 'image')}",
+            f"validation: {_count(data.validation_count, 'image')}",
+            f"skipped:    {_count(len(data.skipped), 'file')}",
+        ]
+        lines += [f"  {skipped.path}: {skipped.reason}" for skipped in data.skipped]
+        counts = data.train_class_counts()
+        if counts:
+            smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
+            lines.append(f"per class:  {counts[smallest]} ({smallest}) to {counts[largest]} ({largest}) train images"
+                         if counts[smallest] != counts[largest] else f"per class:  {counts[smallest]} train images")
+        if self.class_weight:
+            lines.append("class weights: inverse class frequency")
+        for phase in self.phases:
+            lines.append(f"phase {phase.name}: {_count(phase.epochs, 'epoch')} of {phase.steps_per_epoch} steps "
+                         f"(batch {recipe.train.batch_size}), learning rate {phase.learning_rate:g}"
+                         + (f" after {phase.warmup_steps} warmup steps" if phase.warmup_steps else "")
+                         + (", on cached activations" if phase.cached else ""))
+            if phase.name == "fine_tune":
+                lines.append(f"  trainable: backbone layers {self.unfreeze_index}..{self.backbone_layer_count - 1} "
+                             f"(from {self.unfreeze_layer!r}), BatchNorm {recipe.train.fine_tune.batchnorm}")
+        if self.cache_bytes:
+            where = "pooled features" if self.cache_cut is None else f"the input of {self.unfreeze_layer!r}"
+            lines.append(f"cache:      {where}, {_count(self.views, 'view')} per image, "
+                         f"{_size(self.cache_bytes)} in memory")
+        if self.replicas > 1:
+            lines.append(f"replicas:   {self.replicas} ({recipe.distribute.strategy}), "
+                         f"learning rates x{self.lr_factor:g}")
+        lines += [f"note:       {note}" for note in self.notes]
+        return lines
+
+
+def plan(recipe: Recipe, replicas: int = 1) -> Plan:
+    """Check `recipe` against its data and backbone and resolve everything `fit` needs.
+
+    `replicas`: devices the batch is split over (`fit` passes its tf.distribute strategy's).
+    Raises one `UserError` that lists every problem found.
+    """
+    problems: list[UserError] = []
+    train, strategy = recipe.train, recipe.distribute.strategy
+
+    def problem(message: str) -> None:
+        problems.append(RecipeError(message))
+
+    if train.head.epochs == 0 and train.fine_tune.epochs == 0:
+        problem("train: head.epochs and fine_tune.epochs are both 0; nothing to train")
+    for field, value in (("train.head.cache_features", train.head.cache_features),
+                         ("train.fine_tune.cache_activations", train.fine_tune.cache_activations)):
+        if value is True and strategy not in CACHE_STRATEGIES:
+            problem(f"{field}: true is not supported with distribute.strategy {strategy!r}; "
+                    "use 'auto' (off there) or false")
+    if train.batch_size % replicas:
+        problem(f"train.batch_size: {train.batch_size} does not divide over {replicas} replicas; "
+                f"use a multiple of {replicas}")
+
+    spec = backbones.get(recipe.model.backbone)
+    image_size = recipe.data.image_size or spec.input_size
+    data = None
+    try:
+        data = resolve_training_data(recipe.data, train.seed)
+    except DataError as error:
+        problems.append(error)
+    class_weight = None
+    if data is not None:
+        if train.batch_size > data.train_count:
+            problem(f"train.batch_size: {train.batch_size} is more than the {data.train_count} training images; "
+                    f"use at most {data.train_count}")
+        if recipe.export.enabled and "int8" in recipe.export.tflite and data.train is None:
+            problem("export.tflite: int8 calibrates on training image files, and a TFDS source has none; "
+                    "drop int8 or export later with: retail-vision export RUN --quantize int8 --data FOLDER")
+        if train.class_weights == "auto":
+            if data.train is None:
+                problem("train.class_weights: 'auto' needs a folder or manifest source; use 'none' for TFDS")
+            else:
+                class_weight = _inverse_frequency(data.train_class_counts())
+
+    architecture = _Architecture(recipe, spec, image_size, problem)
+    _raise_all(problems, recipe)
+
+    views = train.head.augmented_views if recipe.augment.active else 1
+    notes, cut, cache_bytes = [], None, 0
+    cache_fine_tune = False
+    if train.fine_tune.epochs and architecture.cut_exists:
+        activation_bytes = views * data.train_count * architecture.cut_values * ACTIVATION_BYTES
+        cache_fine_tune = _should_cache(train.fine_tune.cache_activations, activation_bytes, strategy)
+        if cache_fine_tune:
+            cut, cache_bytes = architecture.first, activation_bytes
+    elif train.fine_tune.epochs and architecture.first > 0 and train.fine_tune.cache_activations == "auto":
+        notes.append(f"fine-tune not cached: {architecture.first_name!r} is inside a block; unfreeze from a block "
+                     f"boundary such as {architecture.nearest_cuts} to train the top on cached activations")
+    if cache_fine_tune:  # the head's features then come from the same activations, at no extra memory
+        cache_head = bool(train.head.epochs) and train.head.cache_features is not False
+    else:
+        feature_bytes = views * data.train_count * spec.feature_dim * FEATURE_BYTES
+        cache_head = bool(train.head.epochs) and _should_cache(train.head.cache_features, feature_bytes, strategy)
+        cache_bytes = feature_bytes if cache_head else 0
+
+    lr_factor = float(replicas) if recipe.distribute.lr_scaling == "linear" else 1.0
+    steps = math.ceil(data.train_count / train.batch_size)
+    phases = []
+    if train.head.epochs:
+        phases.append(Phase("head", train.head.epochs, train.head.learning_rate * lr_factor, 0, steps, cache_head))
+    if train.fine_tune.epochs:
+        warmup = min(round(train.fine_tune.warmup_epochs * steps), max(train.fine_tune.epochs * steps - 1, 0))
+        phases.append(Phase("fine_tune", train.fine_tune.epochs, train.fine_tune.learning_rate * lr_factor, warmup,
+                            steps, cache_fine_tune))
+    return Plan(recipe, spec, image_size, data, class_weight, views, architecture.first, architecture.first_name,
+                architecture.layer_count, cut, cache_bytes, replicas, lr_factor, tuple(phases), tuple(notes))
+
+
+class _Architecture:
+    """What the recipe's fine-tune means on the backbone's layers, from a weightless copy of it.
+
+    Builds the architecture only when a fine-tune is asked for (TensorFlow is needed for it).
+    """
+
+    def __init__(self, recipe: Recipe, spec, image_size: int, problem):
+        self.first, self.first_name, self.layer_count = 0, "", 0
+        self.cut_exists, self.cut_values, self.nearest_cuts = False, 0, ""
+        fine_tune = recipe.train.fine_tune
+        if not fine_tune.epochs:
+            return
+        import keras
+
+        from retail_vision import backbone_layers
+
+        backbone = spec.build("none")
+        self.layer_count = len(backbone.layers)
+        try:
+            self.first = backbone_layers.first_trainable_index(backbone, fine_tune.unfreeze)
+        except RecipeError as error:
+            problem(str(error))
+            return
+        self.first_name = backbone.layers[self.first].name
+        if recipe.model.weights == "none" and self.first > 0:
+            problem(f"train.fine_tune.unfreeze: {fine_tune.unfreeze!r} with model.weights 'none' leaves "
+                    "the lower layers frozen at random values; use 'all' or pretrained weights")
+        cut = backbone_layers.fine_tune_cut(backbone, self.first)
+        self.cut_exists = cut is not None
+        if cut is not None:
+            shape = keras.Model(backbone.input, cut).compute_output_shape((1, image_size, image_size, 3))
+            self.cut_values = math.prod(shape[1:])
+        elif self.first > 0:
+            self.nearest_cuts = backbone_layers.nearest_cuts(backbone, self.first)
+        if fine_tune.cache_activations is True and cut is None:
+            field = "train.fine_tune.cache_activations: true"
+            if self.first == 0:
+                problem(f"{field} needs frozen layers to cache, and unfreeze is 'all'; "
+                        "set train.fine_tune.unfreeze to a layer name such as a block's first layer")
+            else:
+                problem(f"{field}: the unfrozen top must start where nothing below is needed again, and "
+                        f"{self.first_name!r} is inside a block (a residual connection crosses it); "
+                        f"set train.fine_tune.unfreeze to a block boundary such as {self.nearest_cuts}")
+
+
+def _should_cache(setting, nbytes: int, strategy: str) -> bool:
+    """`true`/`false` as asked; `auto` caches when `nbytes` of activations fit the memory budget."""
+    if setting != "auto":
+        return bool(setting)
+    return strategy in CACHE_STRATEGIES and nbytes <= MEMORY_BUDGET_BYTES
+
+
+def _inverse_frequency(counts: dict[str, int]) -> dict[int, float]:
+    """Inverse class frequency, scaled so that the average weight per image is 1."""
+    total, k = sum(counts.values()), len(counts)
+    return {i: total / (k * max(count, 1)) for i, count in enumerate(counts.values())}
+
+
+def _raise_all(problems: list[UserError], recipe: Recipe) -> None:
+    """One problem raises as it is; several raise one RecipeError listing them, a line each.
+
+    Recipe problems are prefixed with the recipe file, as the loader's are; data problems name their path.
+    """
+    if not problems:
+        return
+    if len(problems) == 1:
+        error = problems[0]
+        raise type(error)(f"{recipe.source}: {error}" if recipe.source and isinstance(error, RecipeError) else str(error))
+    header = f"{recipe.source or 'recipe'}: {len(problems)} problems:"
+    raise RecipeError("\n".join([header] + [f"  {error}" for error in problems]))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"

@@ -1,0 +1,260 @@
+"""The two-phase fit: train the head on the frozen backbone, then fine-tune the backbone's top.
+
+`fit(recipe)` is what `retail-vision fit` runs. It trains from `plan(recipe)`, which finds
+everything that can be wrong with the recipe, the data or the backbone before the run
+directory is created, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+from retail_vision import backbone_layers, run_directory
+from retail_vision.console import log
+from retail_vision.classifier import build_classifier, get_backbone
+from retail_vision.planning import Plan, plan
+from retail_vision.recipe import Recipe
+from retail_vision.training import checkpointing, distribution, feature_cache, multi_worker, phases
+from retail_vision.training.augment import build_augmenter
+from retail_vision.training.freezing import BackboneFreezer
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: str | None  # None on a multi-worker run's non-chief workers, which keep nothing
+    model: keras.Model
+    metrics: dict
+    history: dict
+    labels: list[str]
+    resize: str = "crop"
+
+    @property
+    def predictor(self):
+        """The trained model as `evaluate`, `predict` and `export_model` take it, with its labels."""
+        from retail_vision.artifacts import KerasPredictor
+
+        return KerasPredictor(self.model, self.labels, self.resize)
+
+
+def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
+        resume: bool | str = False) -> RunResult:
+    """Train a classifier as the recipe says and write its run directory.
+
+    `resume`: True continues the latest unfinished run of this recipe from its last completed
+    epoch (a finished run is returned as it is, never retrained).
+    `verbose`: Keras progress (0 silent, 1 bar, 2 a line per epoch); default: a bar on a terminal.
+    """
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    runs_dir = runs_dir or recipe.output.runs_dir
+    run_dir = run_directory.find_resumable(runs_dir, recipe) if resume else None
+    if run_dir and run_directory.is_finished(run_dir):
+        log(f"{run_dir} already finished; nothing to resume")
+        return _finished_result(run_dir)
+    # First TensorFlow work: a multi-worker strategy must configure collectives before anything runs.
+    cluster = distribution.make(recipe.distribute)
+    log(f"scanning data: {recipe.data.source}")
+    the_plan = plan(recipe, cluster.replicas)
+    for line in the_plan.describe():
+        log(line)
+    with _process_settings(recipe.train):
+        if cluster.is_chief:
+            return _fit_and_finish(the_plan, run_dir, runs_dir, cluster, verbose)
+        # The other workers train in step with the chief but keep nothing (the tf.distribute convention).
+        with tempfile.TemporaryDirectory(prefix="retail-vision-worker-") as scratch:
+            copy = _copy_checkpoints(run_dir, scratch) if run_dir else None
+            result = _fit_and_finish(the_plan, copy, scratch, cluster, verbose)
+        return dataclasses.replace(result, run_dir=None)
+
+
+@contextlib.contextmanager
+def _process_settings(train_config):
+    """The seeds and the precision policy of this fit, put back afterwards.
+
+    A second `fit` in the same notebook then starts from the user's settings, not this one's.
+    Op determinism, once on, stays on: TensorFlow has no public switch to turn it off.
+    """
+    import tensorflow as tf
+
+    policy = keras.mixed_precision.global_policy()
+    python_state, numpy_state, tf_seed = random.getstate(), np.random.get_state(), tf.compat.v1.get_seed(None)[0]
+    keras.utils.set_random_seed(train_config.seed)
+    keras.mixed_precision.set_global_policy("mixed_float16" if _use_mixed_precision(train_config) else "float32")
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        tf.random.set_seed(tf_seed)
+
+
+def _copy_checkpoints(run_dir: str, scratch: str) -> str:
+    """A run directory in `scratch` holding `run_dir`'s checkpoints: a non-chief resumes from it, writing nothing there.
+
+    The chief writes its checkpoints only at the end of an epoch, which needs this worker's steps:
+    the copy is made before them, so it is the state that the chief resumes from too.
+    """
+    copy = os.path.join(scratch, os.path.basename(run_dir))
+    shutil.copytree(os.path.join(run_dir, checkpointing.CHECKPOINTS), os.path.join(copy, checkpointing.CHECKPOINTS))
+    return copy
+
+
+def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
+    """Train; then write the report, export (the chief only) and write metrics.json."""
+    result = _train(the_plan, run_dir, runs_dir, cluster, verbose)
+    recipe = the_plan.recipe
+    # Out of the strategy's scope: these load the saved model anew, and creating variables under a
+    # multi-worker strategy is a collective that the other workers would never join.
+    if cluster.is_chief and the_plan.data.validation is not None:  # TFDS sources have no files to report on
+        from retail_vision.evaluation.evaluator import evaluate
+
+        evaluate(result.run_dir, report_dir=os.path.join(result.run_dir, run_directory.REPORT_FOLDER))
+    if recipe.export.enabled and cluster.is_chief:
+        from retail_vision.export import export_model
+
+        exported = export_model(
+            result.run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
+            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
+            seed=recipe.train.seed,
+        )
+        result.metrics["export"] = exported.version_dir
+    run_directory.write_json(result.run_dir, run_directory.METRICS_FILE, result.metrics)  # last: marks the run finished
+    log(f"val top-1 {result.metrics['val_top1']:.4f}, top-5 {result.metrics['val_top5']:.4f}; "
+         f"model: {result.run_dir}/{run_directory.MODEL_FILE}")
+    return result
+
+
+def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
+    """The two phases, as in the keras.io transfer-learning guide, then the best model saved in `run_dir`."""
+    recipe, data, train = the_plan.recipe, the_plan.data, the_plan.recipe.train
+    with cluster.scope():  # every variable is created under the strategy
+        classifier = build_classifier(recipe.model.backbone, len(data.class_names), recipe.model.weights,
+                                      recipe.model.dropout, the_plan.image_size, name=_model_name(recipe.name))
+        augmenter = build_augmenter(recipe.augment, train.seed)
+    if run_dir is None:
+        run_dir = run_directory.create(runs_dir, recipe.name)
+        run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
+        run_directory.write_text(run_dir, run_directory.LABELS_FILE, "\n".join(data.class_names) + "\n")
+        run_directory.write_split(run_dir, data)
+    log(f"run directory: {run_dir}")
+    state = checkpointing.RunState(run_dir)
+    train_ds, val_ds = data.datasets(the_plan.image_size, recipe.data.resize, train.batch_size, train.seed,
+                                     recipe.data.cache, cache_folder=f"{run_dir}/cache")
+    freezer = BackboneFreezer(get_backbone(classifier))
+    cache = _LazyCache(the_plan, classifier, augmenter, train_ds, val_ds, cluster)
+    runner = phases.PhaseRunner(classifier, state, train, the_plan.class_weight, run_dir, verbose, data.train_count)
+    model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
+
+    if "head" in state.phases_done:
+        classifier.load_weights(state.path(checkpointing.AFTER_HEAD_WEIGHTS))
+    for phase in the_plan.phases:
+        if phase.name in state.phases_done:
+            continue
+        if phase.name == "head":
+            freezer.freeze()
+        else:
+            freezer.unfreeze(the_plan.unfreeze_index, train.fine_tune.batchnorm)
+        # A fresh training model per phase, built outside the strategy's scope (multi_worker.py says why).
+        if phase.cached:
+            model, train_data, val_data = cache.phase_inputs(phase.name, model_class)
+        else:
+            model, train_data, val_data = phases.with_augmentation(classifier, augmenter, model_class), train_ds, val_ds
+        with cluster.scope():
+            phases.compile_for(model, phase, train, len(data.class_names))
+            runner.run(phase, model, train_data, val_data)
+        if phase.name == "head":
+            checkpointing.save_weights(classifier, state.path(checkpointing.AFTER_HEAD_WEIGHTS))
+        state.phases_done.append(phase.name)
+        state.save()
+
+    # === The best classifier, saved without augmentation ===
+    freezer.restore()
+    checkpointing.restore_best(classifier, state)
+    final = phases.score(classifier, val_ds, len(data.class_names), model_class, cluster)
+    classifier.save(f"{run_dir}/{run_directory.MODEL_FILE}")  # never compiled itself: no optimizer inside
+    metrics = {
+        "val_top1": final["accuracy"],
+        "val_top5": final["top5"],
+        "best_epoch": state.best_epoch,
+        "phases": state.summaries,
+        "classes": len(data.class_names),
+        "train_images": data.train_count,
+        "val_images": data.validation_count,
+        "skipped_files": [dataclasses.asdict(s) for s in data.skipped],
+        "image_size": the_plan.image_size,
+        "backbone": recipe.model.backbone,
+        "activation_cache": cache.summary,  # None when no phase ran on cached activations in this process
+        "distribute": the_plan.distribute_summary,
+    }
+    run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
+    shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
+    return RunResult(run_dir, classifier, metrics, state.history, list(data.class_names), recipe.data.resize)
+
+
+class _LazyCache:
+    """The frozen layers' activations, computed on first use, and the models that train on them."""
+
+    def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster):
+        self.plan, self.classifier, self.augmenter = the_plan, classifier, augmenter
+        self.train_ds, self.val_ds, self.cluster = train_ds, val_ds, cluster
+        self.cut = None
+        if the_plan.cache_cut is not None:
+            self.cut = backbone_layers.fine_tune_cut(get_backbone(classifier), the_plan.cache_cut)
+        self.activations = None
+
+    @property
+    def summary(self) -> dict | None:
+        return self.activations.summary if self.activations is not None else None
+
+    def phase_inputs(self, phase: str, model_class):
+        """(training model, train dataset, val dataset) of a cached phase."""
+        batch_size, seed = self.plan.recipe.train.batch_size, self.plan.recipe.train.seed
+        if self.activations is None:
+            where = "pooled features" if self.cut is None else f"the input of {self.plan.unfreeze_layer}"
+            log(f"caching the frozen layers' output: {where}, {self.plan.views} view(s) per image")
+            with self.cluster.scope():
+                self.activations = feature_cache.FrozenActivations(self.classifier, self.cut, self.train_ds,
+                                                                   self.val_ds, self.augmenter, self.plan.views, log)
+        if phase == "head":
+            with self.cluster.scope():
+                train_data, val_data = self.activations.head_datasets(batch_size, seed)
+            return feature_cache.head_model(self.classifier, model_class), train_data, val_data
+        train_data, val_data = self.activations.fine_tune_datasets(batch_size, seed)
+        return feature_cache.top_model(self.classifier, self.cut, model_class), train_data, val_data
+
+
+def _use_mixed_precision(train_config) -> bool:
+    if train_config.mixed_precision != "auto":
+        return train_config.mixed_precision
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _finished_result(run_dir: str) -> RunResult:
+    from retail_vision.artifacts import load_model, resize_mode
+
+    model, labels = load_model(run_dir)
+    with open(f"{run_dir}/{run_directory.METRICS_FILE}", encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    with open(f"{run_dir}/{run_directory.HISTORY_FILE}", encoding="utf-8") as handle:
+        history = json.load(handle)
+    return RunResult(run_dir, model, metrics, history, labels, resize_mode(run_dir))
+
+
+def _model_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "classifier"
+
