@@ -38,13 +38,15 @@ def _user_errors_exit_2(command):
 
 
 def _quiet_tensorflow():
-    """Load TensorFlow without its C++ start-up lines (oneDNN, CUDA stubs, cuInit) on the user's terminal.
+    """Load TensorFlow without its C++ log lines (oneDNN, CUDA stubs, cuInit) on the user's terminal.
+
+    TF_CPP_MIN_LOG_LEVEL=0 in the environment brings them back, for debugging a GPU setup.
 
     Its absl logging writes them to file descriptor 2 before any log level applies, so that
     descriptor points at /dev/null while TensorFlow loads and looks for devices. A Python error
     raised meanwhile still reaches stderr: it prints after the descriptor is restored.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its kernel notes too; errors still raise in Python
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()
@@ -72,7 +74,8 @@ def main():
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--output", "runs_dir", type=click.Path(file_okay=False), help="Runs folder (default: recipe's output.runs_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.head.epochs=1.")
-@click.option("--resume", is_flag=True, help="Continue the latest unfinished run of RECIPE from its last epoch.")
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[RUN_DIR]",
+              help="Continue RUN_DIR, or the latest unfinished run of RECIPE, from its last completed epoch.")
 @_user_errors_exit_2
 def fit(recipe, runs_dir, overrides, resume):
     """Train a classifier from RECIPE (YAML) and write a run directory."""
@@ -83,7 +86,7 @@ def fit(recipe, runs_dir, overrides, resume):
     from retail_vision.training import fit as run_fit
 
     try:
-        result = run_fit(loaded, runs_dir=runs_dir, resume=resume)
+        result = run_fit(loaded, runs_dir=runs_dir, resume=True if resume == "" else resume or False)
     except KeyboardInterrupt:
         again = " ".join(["retail-vision fit", recipe, *(f"--set {o}" for o in overrides),
                           *(["--output", runs_dir] if runs_dir else []), "--resume"])
@@ -106,12 +109,18 @@ def check(recipe, overrides):
 
     loaded = Recipe.from_yaml(recipe, list(overrides))
     _quiet_tensorflow()
-    from retail_vision.planning import plan
+    from retail_vision.planning import estimate_seconds, plan
 
-    lines = plan(loaded).describe()
+    the_plan = plan(loaded)
     click.echo(f"recipe:     {recipe} (valid)")
-    for line in lines:
+    for line in the_plan.describe():
         click.echo(line)
+    stages = ", ".join(f"{stage} ~{_duration(seconds)}" for stage, seconds in estimate_seconds(the_plan).items())
+    click.echo(f"expected:   {stages} (rough: a timed forward pass on this machine, scaled)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 @main.command()

@@ -94,8 +94,9 @@ class Plan:
                          + (f" after {phase.warmup_steps} warmup steps" if phase.warmup_steps else "")
                          + (", on cached activations" if phase.cached else ""))
             if phase.name == "fine_tune":
-                lines.append(f"  trainable: backbone layers {self.unfreeze_index}..{self.backbone_layer_count - 1} "
-                             f"(from {self.unfreeze_layer!r}), BatchNorm {recipe.train.fine_tune.batchnorm}")
+                layers = (f"backbone layers {self.unfreeze_index}..{self.backbone_layer_count - 1} "
+                          f"(from {self.unfreeze_layer!r})" if self.unfreeze_index else "all backbone layers")
+                lines.append(f"  trainable: {layers}, BatchNorm {recipe.train.fine_tune.batchnorm}")
         if self.cache_bytes:
             where = "pooled features" if self.cache_cut is None else f"the input of {self.unfreeze_layer!r}"
             lines.append(f"cache:      {where}, {_count(self.views, 'view')} per image, "
@@ -230,6 +231,52 @@ class _Architecture:
                         f"set train.fine_tune.unfreeze to a block boundary such as {self.nearest_cuts}")
 
 
+def estimate_seconds(the_plan: Plan) -> dict[str, float]:
+    """Rough seconds per stage on this machine: a timed forward pass of the backbone, scaled by the work.
+
+    The weightless backbone runs one batch at the plan's image size; a training step is taken as
+    three forward passes (forward and backward) of the layers that train, validation as one of all.
+    """
+    import time
+
+    import keras
+    import numpy as np
+
+    from retail_vision import backbone_layers
+
+    recipe, data = the_plan.recipe, the_plan.data
+    backbone = the_plan.backbone.build("none")
+    batch = min(recipe.train.batch_size, 8)
+
+    def per_image(model, shape) -> float:
+        inputs = np.random.default_rng(0).uniform(0, 255, (batch, *shape)).astype("float32")
+        model(inputs, training=False)  # traces
+        started = time.perf_counter()
+        for _ in range(3):
+            model(inputs, training=False)
+        return (time.perf_counter() - started) / (3 * batch)
+
+    size = the_plan.image_size
+    forward = per_image(backbone, (size, size, 3))
+    top = forward
+    if the_plan.cache_cut is not None:
+        cut = backbone_layers.fine_tune_cut(backbone, the_plan.cache_cut)
+        shape = keras.Model(backbone.input, cut).compute_output_shape((1, size, size, 3))[1:]
+        top = per_image(keras.Model(cut, backbone.output), shape)
+    train_images, val_images = data.train_count, data.validation_count
+    seconds = {}
+    if any(phase.cached for phase in the_plan.phases):
+        seconds["cache"] = (the_plan.views * train_images + val_images) * forward
+    for phase in the_plan.phases:
+        if phase.name == "head":
+            per_epoch = 0.0 if phase.cached else (train_images + val_images) * forward
+        else:
+            trained = top if phase.cached else forward
+            per_epoch = (3 * train_images + val_images) * trained
+        seconds[phase.name] = phase.epochs * per_epoch
+    return seconds
+
+
 def _should_cache(setting, nbytes: int, strategy: str) -> bool:
     """`true`/`false` as asked; `auto` caches when `nbytes` of activations fit the memory budget."""
     if setting != "auto":
@@ -262,4 +309,6 @@ def _count(number: int, noun: str) -> str:
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.0f} kB"

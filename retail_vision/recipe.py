@@ -300,6 +300,12 @@ def _describe(error: dict, raw: dict) -> str:
         return f"{path}: received {_short(value)}; expected one of {', '.join(map(repr, choices))}{hint}"
     if kind == "value_error":  # a validator's own message
         return f"{path}: {error['ctx']['error']}"
+    if kind == "list_type":  # e.g. --set export.tflite=int8
+        items = typing.get_args(annotation)
+        choices = typing.get_args(items[0]) if items and typing.get_origin(items[0]) is Literal else ()
+        allowed = f" of {', '.join(map(repr, choices))}" if choices else ""
+        example = f", e.g. [{choices[0]}, {choices[-1]}]" if choices else ""
+        return f"{path}: received {_short(value)}; expected a list{allowed}{example}"
     if kind == "model_type":
         return f"{path}: expected a section (mapping), received {_short(value)}"
     return f"{path}: received {_short(value)}; {error['msg'][0].lower()}{error['msg'][1:]}"

@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 
 MODEL_FILE = "model.keras"
@@ -29,18 +31,37 @@ SPLIT_FILE = "split.json"
 REPORT_FOLDER = "report"
 
 
-def create(runs_dir: str, name: str) -> str:
-    """A new, empty run directory; never reuses an existing one."""
+def create(runs_dir: str, name: str, files: dict[str, str]) -> str:
+    """A new run directory holding `files` ({filename: text}); never reuses an existing one.
+
+    It is filled under a hidden name and renamed when complete, so a run directory that
+    `--resume` can find always has its recipe, labels and split.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     os.makedirs(runs_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}-staging-", dir=runs_dir)
+    for filename, text in files.items():
+        write_text(staging, filename, text)
     for attempt in range(1000):
         path = os.path.join(runs_dir, f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
         try:
-            os.mkdir(path)
-            return path
+            os.mkdir(path)  # claims the name; the rename below then replaces this empty folder
         except FileExistsError:
             continue
+        os.replace(staging, path)
+        return path
     raise RuntimeError(f"{runs_dir}: could not create a new run directory")
+
+
+@contextlib.contextmanager
+def replaced(path: str):
+    """A temporary name beside `path` to write to (by hand or by a library); renamed to `path` when the block succeeds.
+
+    A kill mid-write leaves the previous `path` (or none), never half a file.
+    """
+    temporary = f"{path}.tmp"
+    yield temporary
+    os.replace(temporary, path)
 
 
 def write_text(run_dir: str, filename: str, text: str) -> None:
@@ -48,6 +69,8 @@ def write_text(run_dir: str, filename: str, text: str) -> None:
     path = os.path.join(run_dir, filename)
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(path + ".tmp", path)
 
 
@@ -55,15 +78,15 @@ def write_json(run_dir: str, filename: str, value) -> None:
     write_text(run_dir, filename, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
-def write_split(run_dir: str, data) -> None:
-    """Record which files trained and which validated (`data`: a TrainingData); TFDS records its split names."""
+def split_json(data) -> str:
+    """Which files trained and which validated (`data`: a TrainingData), for split.json; TFDS: its split names."""
     if data.train is None:
         split = {"class_names": data.class_names, "tfds_splits": list(data.tfds_splits)}
     else:
         split = {"class_names": data.class_names,
                  "train": {"paths": data.train.paths, "labels": data.train.labels},
                  "validation": {"paths": data.validation.paths, "labels": data.validation.labels}}
-    write_json(run_dir, SPLIT_FILE, split)
+    return json.dumps(split, indent=1) + "\n"
 
 
 def read_split(run_dir: str):
@@ -102,22 +125,62 @@ def is_finished(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, METRICS_FILE))
 
 
-def find_resumable(runs_dir: str, recipe) -> str:
-    """The latest run of this recipe in `runs_dir`; its saved recipe must match the one given."""
+def find_resumable(runs_dir: str, recipe, run: str | None = None) -> str:
+    """The run to continue: `run` when given, else the latest unfinished run of this recipe in
+    `runs_dir` (the latest finished one when none is unfinished). Its saved recipe must match
+    `recipe`; when it does not, the error names each differing field and the command that continues it.
+    """
     import glob
 
     from retail_vision.errors import UserError
     from retail_vision.recipe import Recipe
 
-    runs = sorted(
-        (path for path in glob.glob(os.path.join(runs_dir, f"{glob.escape(recipe.name)}-*"))
-         if os.path.isfile(os.path.join(path, RECIPE_FILE))),
-        key=os.path.getmtime,
-    )
-    if not runs:
-        raise UserError(f"--resume: no run of {recipe.name!r} in {runs_dir}; start one without --resume")
-    latest = runs[-1]
-    saved = Recipe.from_yaml(os.path.join(latest, RECIPE_FILE))
-    if saved.model_dump() != recipe.model_dump():
-        raise UserError(f"--resume: {latest} was started with a different recipe; start a new run without --resume")
-    return latest
+    if run is not None:
+        if not os.path.isfile(os.path.join(run, RECIPE_FILE)):
+            raise UserError(f"--resume {run}: not a run directory (it has no {RECIPE_FILE}); "
+                            f"give a folder that fit created, such as {os.path.join(runs_dir, recipe.name + '-*')}")
+        chosen = run
+    else:
+        runs = sorted((path for path in glob.glob(os.path.join(runs_dir, f"{glob.escape(recipe.name)}-*"))
+                       if os.path.isfile(os.path.join(path, RECIPE_FILE)) and _started(path, recipe.name)),
+                      key=lambda path: _started(path, recipe.name))
+        if not runs:
+            raise UserError(f"--resume: no run of {recipe.name!r} in {runs_dir}; start one without --resume")
+        unfinished = [path for path in runs if not is_finished(path)]
+        chosen = (unfinished or runs)[-1]
+    saved = Recipe.from_yaml(os.path.join(chosen, RECIPE_FILE))
+    differences = _differences(saved.model_dump(), recipe.model_dump())
+    if differences:
+        import shlex
+
+        import yaml
+
+        def inline(value) -> str:
+            return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+
+        changed = "; ".join(f"{key} was {inline(old)}, now {inline(new)}" for key, old, new in differences)
+        sets = " ".join(f"--set {shlex.quote(f'{key}={inline(old)}')}" for key, old, _ in differences)
+        command = f"retail-vision fit {shlex.quote(recipe.source or 'RECIPE')} {sets} --resume {shlex.quote(chosen)}"
+        raise UserError(f"--resume: {chosen} was started with a different recipe: {changed}; "
+                        f"to continue it, run: {command}")
+    return chosen
+
+
+def _started(run_dir: str, name: str) -> tuple[str, int] | None:
+    """When `create` named the run: (its time stamp, its same-second counter); None for another folder."""
+    import re
+
+    match = re.fullmatch(rf"{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?", os.path.basename(run_dir))
+    return (match[1], int(match[2] or 0)) if match else None
+
+
+def _differences(saved: dict, given: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, saved value, given value) for every field that differs, depth first."""
+    found = []
+    for key in saved.keys() | given.keys():
+        old, new = saved.get(key), given.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append((f"{prefix}{key}", old, new))
+    return sorted(found)

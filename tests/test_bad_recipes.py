@@ -50,7 +50,7 @@ BROKEN = [
     ("train.early_stopping.patience", -2, "train.early_stopping.patience: received -2"),
     ("train.early_stop", {}, "train.early_stop: unknown key; did you mean 'early_stopping'?"),
     ("export.tflite", ["int4"], "export.tflite.0: received 'int4'"),
-    ("export.tflite", "int8", "export.tflite: received 'int8'"),
+    ("export.tflite", "int8", "export.tflite: received 'int8'; expected a list of 'float32', 'float16', 'dynamic'"),
     ("export.max_int8_drop", -1, "export.max_int8_drop: received -1"),
     ("output.runs", "x", "output.runs: unknown key; did you mean 'runs_dir'?"),
 ]

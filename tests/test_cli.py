@@ -36,7 +36,21 @@ def test_check_reports_classes_counts_and_skipped_files(image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     assert "classes:    3" in result.output and "train:      18 images" in result.output
     assert "validation: 6 images" in result.output and "broken.jpg: not an image" in result.output
+    assert "phase head: 2 epochs of 3 steps (batch 8)" in result.output
+    assert "expected:" in result.output and "fine_tune ~" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_ordinary_commands_keep_tensorflows_start_up_lines_off_the_terminal(image_folder, tmp_path):
+    import pathlib
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(image_folder, tmp_path / "runs"))
+    tiny_cli = [sys.executable, str(pathlib.Path(__file__).with_name("tiny_backbone.py"))]
+    env = {key: value for key, value in __import__("os").environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(tiny_cli + ["check", str(recipe)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train:      18 images" in result.stdout
+    assert result.stderr == ""  # no oneDNN, CUDA stub, cuInit or absl lines
 
 
 def test_fit_cli_matches_the_python_api(image_folder, tmp_path):

@@ -203,3 +203,21 @@ def test_epoch_pipelines_run_without_the_autotune_thread(image_folder):
     for dataset in (images, cached_train, cached_val):
         assert dataset.options().autotune.enabled is False
     assert next(iter(images))[0].shape == (8, 16, 16, 3)
+
+
+def test_a_last_batch_smaller_than_the_replicas_is_padded_at_weight_zero():
+    # 9 validation photos in global batches of 8 over 2 replicas: replica 1 would get an empty batch,
+    # which oneDNN's convolution mishandles on some machines (see pipeline.at_least_one_row_per_replica).
+    import tensorflow as tf
+
+    from retail_vision.data.pipeline import at_least_one_row_per_replica
+
+    images = np.arange(9, dtype="float32").reshape(9, 1, 1, 1)
+    labels = np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2, 0, 1, 2]]
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    batches = list(at_least_one_row_per_replica(dataset, 2, {0: 1.0, 1: 2.0, 2: 0.5}))
+    assert [len(x) for x, _, _ in batches] == [8, 2]
+    last_images, _, last_weights = batches[1]
+    assert last_images.numpy().ravel().tolist() == [8.0, 8.0]  # the real row, then a copy of it
+    assert last_weights.numpy().tolist() == [0.5, 0.0]  # its class weight, then nothing
+    assert batches[0][2].numpy().tolist() == [1.0, 2.0, 0.5, 1.0, 2.0, 0.5, 1.0, 2.0]

@@ -163,10 +163,15 @@ def test_evaluate_matches_classes_by_name_and_lists_unknown_ones(tiny_run, tmp_p
     assert load_examples(str(flat)).class_names != ["red-apple", "green-pear", "blue-carton"]
     assert evaluate(result.run_dir, str(flat))["top1"] > 0.6
 
-    data = write_class_folders(tmp_path / "other", per_class=1, nested=False)
+    data = write_class_folders(tmp_path / "other", per_class=2, nested=False)
     (data / "green-pear").rename(data / "yellow-lemon")
     (data / "blue-carton").rename(data / "oat-milk")
-    with pytest.raises(DataError, match=r"other: 2 class\(es\) the model does not know: oat-milk, yellow-lemon"):
+    partly_known = evaluate(result.run_dir, str(data))  # scored on the class it knows, never refused
+    assert partly_known["images"] == 2 and partly_known["classes_not_in_model"] == {"oat-milk": 2, "yellow-lemon": 2}
+    one_class = evaluate(result.run_dir, str(data / "red-apple"))  # one new batch of one product
+    assert one_class["images"] == 2 and one_class["classes_not_in_model"] == {}
+    (data / "red-apple").rename(data / "plum")
+    with pytest.raises(DataError, match=r"other: none of its 3 class\(es\) is a class of the model: oat-milk, plum"):
         evaluate(result.run_dir, str(data))
 
 
@@ -189,3 +194,13 @@ def test_run_report_of_the_in_memory_model_matches_the_saved_one(tiny_run):
     report = pathlib.Path(result.run_dir) / "report"
     for name in ("report.md", "metrics.json", "predictions.csv", "confusion_matrix.png", "training_curves.png"):
         assert (report / name).stat().st_size > 0, name
+
+
+def test_a_report_without_confusions_says_so(tiny_run):
+    from retail_vision.evaluation.report import markdown
+
+    result, photos = tiny_run
+    results = evaluate(result.run_dir, str(photos))
+    text = markdown({**results, "top_confusions": []}, [])
+    section = text.split("## Top confusions")[1].split("##")[0]
+    assert "None: every image was classified right." in section and "| true |" not in section

@@ -102,3 +102,52 @@ def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
     assert "interrupted: every completed epoch is saved; continue with: retail-vision fit" in stderr
     assert stderr.rstrip().endswith("--resume")
     assert fine_tune_epochs_done(runs) >= 1 and not list(runs.glob("*/metrics.json"))
+
+
+def _quick_recipe(tmp_path):
+    recipe = tiny_recipe(write_class_folders(tmp_path / "photos", per_class=4), tmp_path / "runs")
+    recipe["train"]["fine_tune"]["epochs"] = 0
+    recipe["train"]["head"]["epochs"] = 1
+    return write_recipe(tmp_path / "r.yaml", recipe)
+
+
+def _fit(*args):
+    from click.testing import CliRunner
+
+    from retail_vision.cli import main
+
+    return CliRunner().invoke(main, ["fit", *map(str, args)])
+
+
+def test_resume_after_set_names_the_fields_and_the_command_that_continues(tmp_path):
+    import shlex
+
+    recipe = _quick_recipe(tmp_path)
+    first = _fit(recipe, "--set", "train.head.epochs=2", "--set", "train.seed=7")
+    assert first.exit_code == 0, first.output
+    run = first.output.strip().splitlines()[-1]
+    (pathlib.Path(run) / "metrics.json").unlink()  # as if killed before it finished
+    refused = _fit(recipe, "--resume")
+    assert refused.exit_code == 2
+    error = refused.output[refused.output.index("error:"):].strip()
+    assert "train.head.epochs was 2, now 1" in error and "train.seed was 7, now 42" in error
+    command = error.split("to continue it, run: ")[1]
+    assert command == f"retail-vision fit {recipe} --set train.head.epochs=2 --set train.seed=7 --resume {run}"
+    resumed = _fit(*shlex.split(command)[2:])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.strip().splitlines()[-1] == run and (pathlib.Path(run) / "metrics.json").is_file()
+
+
+def test_resume_takes_the_latest_unfinished_run_or_the_one_named(tmp_path):
+    recipe = _quick_recipe(tmp_path)
+    runs = [_fit(recipe).output.strip().splitlines()[-1] for _ in range(3)]
+    assert len(set(runs)) == 3
+    for run in runs[:2]:
+        (pathlib.Path(run) / "metrics.json").unlink()  # the two older runs did not finish; the newest did
+    latest_unfinished = _fit(recipe, "--resume")
+    assert latest_unfinished.output.strip().splitlines()[-1] == runs[1], latest_unfinished.output
+    named = _fit(recipe, "--resume", runs[0])
+    assert named.output.strip().splitlines()[-1] == runs[0], named.output
+    assert all((pathlib.Path(run) / "metrics.json").is_file() for run in runs)
+    not_a_run = _fit(recipe, "--resume", tmp_path / "photos")
+    assert not_a_run.exit_code == 2 and "not a run directory" in not_a_run.output

@@ -122,3 +122,29 @@ def cache_location(image_count: int, size: int, folder: str, budget_fraction: fl
         return True
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, "images")
+
+
+def at_least_one_row_per_replica(dataset: tf.data.Dataset, replicas: int,
+                                 class_weight: dict[int, float] | None = None) -> tf.data.Dataset:
+    """(images, one-hot labels) batches -> (images, labels, sample weights) that never leave a replica empty.
+
+    tf.distribute splits each global batch over the replicas, so a last batch of fewer rows than
+    replicas hands some replica an empty batch, and oneDNN's convolution mishandles one (it
+    returns its input: "Incompatible shapes: [8] vs. [0,32,32,3]" in the next BatchNorm). Such a
+    batch is padded with copies of its first row at weight 0: every replica's loss is a mean over
+    its own rows, so a padded replica adds 0 to the gradient as an empty one did, and accuracy
+    skips the padding (the reported loss counts a padded row as a row of loss 0). `class_weight`
+    is folded into the weights (Keras takes one or the other).
+    """
+    weights = None
+    if class_weight:
+        weights = tf.constant([class_weight[i] for i in range(len(class_weight))], tf.float32)
+
+    def pad(images, labels):
+        rows = tf.shape(images)[0]
+        missing = tf.maximum(replicas - rows, 0)
+        index = tf.concat([tf.range(rows), tf.zeros([missing], tf.int32)], 0)
+        real = tf.ones([rows]) if weights is None else tf.gather(weights, tf.argmax(labels, axis=1))
+        return tf.gather(images, index), tf.gather(labels, index), tf.concat([real, tf.zeros([missing])], 0)
+
+    return without_autotune_thread(dataset.map(pad))

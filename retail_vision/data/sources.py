@@ -42,24 +42,25 @@ class Examples:
 
 
 def load_examples(source: str, class_names_file: str | None = None, known_classes: list[str] | None = None,
-                  allow_outside_paths: bool = False) -> Examples:
+                  allow_outside_paths: bool = False, min_classes: int = 2) -> Examples:
     """Read a folder of class folders or a manifest file.
 
     `known_classes` (the training classes) makes a validation source use the same label
     order; a class the training data does not have is an error. A manifest may only name
-    files inside its own folder unless `allow_outside_paths`.
+    files inside its own folder unless `allow_outside_paths`. Training needs `min_classes` 2;
+    scoring a model takes a folder of one class as well.
     """
     if not os.path.exists(source):
         raise DataError(f"{source}: no such folder or manifest file")
     if os.path.isdir(source):
-        examples = from_folder(source)
+        examples = from_folder(source, photos_of_one_class=min_classes == 1)
     elif source.lower().endswith(MANIFEST_EXTENSIONS):
         examples = from_manifest(source, class_names_file, allow_outside_paths)
     else:
         raise DataError(f"{source}: not a folder or a manifest (.csv/.txt); point data.source at one")
     if known_classes is not None:
         return _relabel(examples, known_classes, source)
-    if len(examples.class_names) < 2:
+    if len(examples.class_names) < min_classes:
         raise DataError(
             f"{source}: found {len(examples.class_names)} class ({', '.join(examples.class_names)}); "
             "a classifier needs at least 2 class folders"
@@ -67,8 +68,11 @@ def load_examples(source: str, class_names_file: str | None = None, known_classe
     return examples
 
 
-def from_folder(root: str) -> Examples:
-    """Each folder that holds images directly is a class, named after the folder (the leaf)."""
+def from_folder(root: str, photos_of_one_class: bool = False) -> Examples:
+    """Each folder that holds images directly is a class, named after the folder (the leaf).
+
+    With `photos_of_one_class`, `root` itself may hold the photos of one class (scoring a batch of one product).
+    """
     images_by_folder: dict[str, list[str]] = {}
     empty_leaves = []
     for folder, subfolders, files in os.walk(root, followlinks=False):
@@ -85,6 +89,9 @@ def from_folder(root: str) -> Examples:
         )
     if not images_by_folder:
         raise DataError(f"{root}: no images found (looked for {'/'.join(IMAGE_EXTENSIONS)} in class folders)")
+    if root in images_by_folder and photos_of_one_class and len(images_by_folder) == 1:
+        name = os.path.basename(os.path.normpath(root))
+        return Examples(images_by_folder[root], [0] * len(images_by_folder[root]), [name])
     if root in images_by_folder:
         raise DataError(f"{root}: holds images directly; put each class's photos in its own folder")
     folders = sorted(images_by_folder)

@@ -4,6 +4,7 @@ The metrics dict (returned, written to metrics.json, printed by `retail-vision e
 
     model              the MODEL argument (for a run's own report: its run directory)
     data               the DATA argument (for a run's own report: where its validation images are)
+    classes_not_in_model  {class: photos} of DATA's classes the model does not know: left out
     images             images scored
     skipped_files      [{path, reason}]: unreadable images, left out of every number
     classes            the model's class count
@@ -23,8 +24,9 @@ The metrics dict (returned, written to metrics.json, printed by `retail-vision e
     top_confusions     [{true, predicted, count}], most frequent first, at most 20
 
 Ties between equal probabilities go to the lowest class index, as numpy's argmax.
-DATA's class names are matched to the model's labels by name, so any folder or manifest whose
-classes the model knows can be scored, in any order and with any subset of the classes.
+DATA's class names are matched to the model's labels by name, so any folder or manifest can be
+scored, in any order, with any subset of the classes (one class too); photos of classes the model
+does not know are left out of every number and listed in `classes_not_in_model`.
 A Grocery-Store-style `classes.csv` (fine name, fine id, coarse name, ...) in DATA's folder or up
 to two folders above it is used as the hierarchy unless one is given.
 """
@@ -66,15 +68,19 @@ def evaluate(model, data=None, report_dir: str | None = None, class_names: str |
     elif isinstance(data, sources.Examples):
         examples, data_name = data, None
     else:
-        examples, data_name = sources.load_examples(data, class_names), os.fspath(data)
+        examples, data_name = sources.load_examples(data, class_names, min_classes=1), os.fspath(data)
     if data_name is None:  # files in hand: name them by the folder they share
         data_name = os.path.commonpath([os.path.dirname(path) for path in examples.paths])
-    examples = matched_examples(examples, predictor.labels, data_name, model_name)
+    examples, not_in_model = matched_examples(examples, predictor.labels, data_name, model_name)
+    if not_in_model:
+        print(f"[retail-vision] left out {sum(not_in_model.values())} photo(s) of {len(not_in_model)} class(es) "
+              f"the model does not know: {_preview(sorted(not_in_model))}", file=sys.stderr)
     coarse_of, hierarchy_file = _hierarchy(hierarchy, data_name, predictor.labels)
     history = _read_history(model) if isinstance(model, (str, os.PathLike)) else None
     return _score(
         predictor.predict, predictor.labels, predictor.image_size, predictor.resize, examples,
-        description={"model": model_name, "data": data_name, "hierarchy": hierarchy_file}, coarse_of=coarse_of,
+        description={"model": model_name, "data": data_name, "hierarchy": hierarchy_file,
+                     "classes_not_in_model": not_in_model}, coarse_of=coarse_of,
         groups=coarse_of or _folder_groups(examples, data_name), history=history,
         report_dir=report_dir, top_k=top_k, batch_size=batch_size,
     )
@@ -130,17 +136,23 @@ def _predict_files(predict, paths, image_size, resize, batch_size):
     return probs, kept, skipped
 
 
-def matched_examples(examples: sources.Examples, labels: list[str], data: str, model: str) -> sources.Examples:
-    """Relabel `examples` to index the model's `labels`, matching class names; unknown names are an error."""
+def matched_examples(examples: sources.Examples, labels: list[str], data: str, model: str):
+    """(`examples` of the model's classes relabelled to index its `labels`, {class the model lacks: photos}).
+
+    Matched by class name. Photos of classes the model does not know are left out and counted;
+    DATA with none of the model's classes is an error.
+    """
     index = {name: i for i, name in enumerate(labels)}
-    unknown = [name for name in examples.class_names if name not in index]
-    if unknown:
+    counts = examples.counts()
+    not_in_model = {name: counts[name] for name in examples.class_names if name not in index}
+    if len(not_in_model) == len(examples.class_names):
         raise DataError(
-            f"{data}: {len(unknown)} class(es) the model does not know: {', '.join(unknown)} "
+            f"{data}: none of its {len(not_in_model)} class(es) is a class of the model: {_preview(list(not_in_model))} "
             f"(model {model} has {len(labels)} classes: {_preview(labels)})"
         )
-    relabelled = [index[examples.class_names[label]] for label in examples.labels]
-    return sources.Examples(list(examples.paths), relabelled, list(labels))
+    kept = [i for i, label in enumerate(examples.labels) if examples.class_names[label] in index]
+    relabelled = [index[examples.class_names[examples.labels[i]]] for i in kept]
+    return sources.Examples([examples.paths[i] for i in kept], relabelled, list(labels)), not_in_model
 
 
 # === Hierarchy: fine class -> coarse group ===

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from retail_vision.run_directory import replaced
+
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import PowerNorm
@@ -156,4 +158,5 @@ def _figure(rows: int = 1, columns: int = 1, figsize=(6, 4), **subplot_options):
 
 
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with replaced(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight")

@@ -21,6 +21,7 @@ import numpy as np
 
 from retail_vision.evaluation import metrics as metrics_lib
 from retail_vision.evaluation import plots
+from retail_vision.run_directory import replaced
 
 WORST_MISTAKES = 16
 CONFUSIONS_SHOWN = 10
@@ -55,8 +56,9 @@ def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs
     if history and history.get("loss"):
         plots.plot_training_curves(history, os.path.join(report_dir, "training_curves.png"))
     pictures = [name for name in PICTURES if os.path.isfile(os.path.join(report_dir, name))]
-    with open(os.path.join(report_dir, "report.md"), "w", encoding="utf-8", errors="backslashreplace") as handle:
-        handle.write(markdown(results, pictures))
+    with replaced(os.path.join(report_dir, "report.md")) as temporary:
+        with open(temporary, "w", encoding="utf-8", errors="backslashreplace") as handle:
+            handle.write(markdown(results, pictures))
 
 
 def _most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, limit: int = WORST_MISTAKES) -> list[int]:
@@ -66,7 +68,8 @@ def _most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, limit: int =
 
 def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
     ranked = metrics_lib.ranked_classes(probs, min(top_k, len(labels)))
-    with open(path, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
+    with replaced(path) as temporary, open(temporary, "w", encoding="utf-8", errors="backslashreplace",
+                                           newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "true", "predicted", "confidence", "top_k"])
         for file, true, row, classes in zip(paths, y_true, probs, ranked):
@@ -75,14 +78,15 @@ def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
 
 
 def _write_matrix(path, matrix, labels) -> None:
-    with open(path, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
+    with replaced(path) as temporary, open(temporary, "w", encoding="utf-8", errors="backslashreplace",
+                                           newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *labels])
         writer.writerows([name, *row] for name, row in zip(labels, matrix.tolist()))
 
 
 def _write_json(path, value) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    with replaced(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         json.dump(value, handle, indent=2)
         handle.write("\n")
 
@@ -120,7 +124,14 @@ def format_summary(results: dict, confusions: int = CONFUSIONS_SHOWN) -> str:
         lines.append("  none")
     for skipped in results["skipped_files"]:
         lines.append(f"skipped {skipped['path']}: {skipped['reason']}")
+    lines += [_not_in_model(results)] if results.get("classes_not_in_model") else []
     return "\n".join(lines)
+
+
+def _not_in_model(results: dict) -> str:
+    left_out = results["classes_not_in_model"]
+    return (f"left out: {sum(left_out.values())} photo(s) of {len(left_out)} class(es) the model does not know "
+            f"({', '.join(sorted(left_out))})")
 
 
 def markdown(results: dict, pictures: list[str]) -> str:
@@ -128,13 +139,18 @@ def markdown(results: dict, pictures: list[str]) -> str:
     out = ["# Evaluation report", "",
            f"- model: `{results['model']}`", f"- data: `{results['data']}`",
            f"- images: {results['images']} scored, {len(results['skipped_files'])} skipped",
+           *([f"- {_not_in_model(results)}"] if results.get("classes_not_in_model") else []),
            f"- hierarchy: {'`' + results['hierarchy'] + '`' if results.get('hierarchy') else 'none'}", "",
            "| metric | value |", "|---|---|"]
     out += [f"| {label} | {value} |" for label, value in summary_rows(results)]
     for name in pictures:
         out += ["", f"## {PICTURES[name]}", "", f"![{PICTURES[name]}]({name})"]
-    out += ["", "## Top confusions", "", "| true | predicted | images |", "|---|---|---|"]
-    out += [f"| {_cell(c['true'])} | {_cell(c['predicted'])} | {c['count']} |" for c in results["top_confusions"]]
+    out += ["", "## Top confusions", ""]
+    if results["top_confusions"]:
+        out += ["| true | predicted | images |", "|---|---|---|"]
+        out += [f"| {_cell(c['true'])} | {_cell(c['predicted'])} | {c['count']} |" for c in results["top_confusions"]]
+    else:
+        out.append("None: every image was classified right.")
     out += ["", "## Per class (worst F1 first; classes with images in the data)", "",
             "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
     scored = [(name, s) for name, s in results["per_class"].items() if s["support"]]

@@ -47,9 +47,8 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int):
     )
 
 
-def score(classifier: keras.Model, val_ds, num_classes: int, model_class, cluster) -> dict:
-    """Top-1 and top-5 of the classifier on the validation batches, as the phases measured them."""
-    model = with_augmentation(classifier, None, model_class)
+def score(model: keras.Model, val_ds, num_classes: int, cluster) -> dict:
+    """Top-1 and top-5 of a (training) model on the validation batches, as the phases measured them."""
     with cluster.scope():
         model.compile(loss="categorical_crossentropy", metrics=_metrics(num_classes))
         scores = model.evaluate(val_ds, verbose=0, return_dict=True)
@@ -71,24 +70,21 @@ def _optimizer(train_config, learning_rate):
 class PhaseRunner:
     """Runs one phase's `fit` with the shared callbacks, resumable from its last completed epoch."""
 
-    def __init__(self, classifier, state, train_config, class_weight, run_dir, verbose, train_count):
+    def __init__(self, classifier, state, train_config, run_dir, verbose, train_count):
         self.classifier = classifier
         self.state = state
         self.train_config = train_config
-        self.class_weight = class_weight
         self.run_dir = run_dir
         self.verbose = verbose
         self.train_count = train_count
 
-    def run(self, phase: Phase, model, train_ds, val_ds) -> None:
+    def run(self, phase: Phase, model, train_ds, val_ds, class_weight=None) -> None:
         name = phase.name
-        done_before = self.state.phase_epochs(name)
+        done_before = checkpointing.restore_epoch(model, self.state, name)
         log(f"phase {name}: {phase.epochs} epoch{'s' if phase.epochs != 1 else ''}"
             + (f" (resuming after epoch {done_before})" if done_before else ""))
         recorder = checkpointing.EpochRecorder(self.classifier, self.state, name)
         callbacks = [
-            # Backup first, then the state: a kill between the two repeats no epoch.
-            keras.callbacks.BackupAndRestore(self.state.backup_dir(name)),
             recorder,
             keras.callbacks.TensorBoard(f"{self.run_dir}/logs/{name}", write_graph=False, profile_batch=0),
         ]
@@ -97,12 +93,13 @@ class PhaseRunner:
             callbacks.append(
                 keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True)
             )
-        first_epoch = self.state.epochs_done - done_before
+        first_epoch = self.state.epochs_done - done_before  # where the phase starts in the run's epoch count
         steps = phase.steps_per_epoch if phase.cached else None  # cached datasets are endless
         started = time.perf_counter()
         model.fit(
-            train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + phase.epochs,
-            steps_per_epoch=steps, class_weight=self.class_weight, callbacks=callbacks, verbose=self.verbose,
+            train_ds, validation_data=val_ds, initial_epoch=first_epoch + done_before,
+            epochs=first_epoch + phase.epochs,
+            steps_per_epoch=steps, class_weight=class_weight, callbacks=callbacks, verbose=self.verbose,
             shuffle=False,  # the tf.data pipeline already shuffles, seeded
         )
         wall = time.perf_counter() - started

@@ -21,6 +21,7 @@ import numpy as np
 
 from retail_vision import backbone_layers, run_directory
 from retail_vision.console import log
+from retail_vision.data import pipeline
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.planning import Plan, plan
 from retail_vision.recipe import Recipe
@@ -51,13 +52,15 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     """Train a classifier as the recipe says and write its run directory.
 
     `resume`: True continues the latest unfinished run of this recipe from its last completed
-    epoch (a finished run is returned as it is, never retrained).
+    epoch, a run directory continues that run (a finished run is returned as it is, never retrained).
     `verbose`: Keras progress (0 silent, 1 bar, 2 a line per epoch); default: a bar on a terminal.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     runs_dir = runs_dir or recipe.output.runs_dir
-    run_dir = run_directory.find_resumable(runs_dir, recipe) if resume else None
+    run_dir = None
+    if resume:
+        run_dir = run_directory.find_resumable(runs_dir, recipe, resume if isinstance(resume, str) else None)
     if run_dir and run_directory.is_finished(run_dir):
         log(f"{run_dir} already finished; nothing to resume")
         return _finished_result(run_dir)
@@ -82,7 +85,8 @@ def _process_settings(train_config):
     """The seeds and the precision policy of this fit, put back afterwards.
 
     A second `fit` in the same notebook then starts from the user's settings, not this one's.
-    Op determinism, once on, stays on: TensorFlow has no public switch to turn it off.
+    Op determinism, once on, stays on (TensorFlow has no public switch to turn it off), and so
+    does the seed that its random ops then require.
     """
     import tensorflow as tf
 
@@ -98,7 +102,8 @@ def _process_settings(train_config):
         keras.mixed_precision.set_global_policy(policy)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        tf.random.set_seed(tf_seed)
+        if not train_config.deterministic:  # with determinism on, every random op needs a seed: keep this one
+            tf.random.set_seed(tf_seed)
 
 
 def _copy_checkpoints(run_dir: str, scratch: str) -> str:
@@ -132,8 +137,14 @@ def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunR
         )
         result.metrics["export"] = exported.version_dir
     run_directory.write_json(result.run_dir, run_directory.METRICS_FILE, result.metrics)  # last: marks the run finished
-    log(f"val top-1 {result.metrics['val_top1']:.4f}, top-5 {result.metrics['val_top5']:.4f}; "
-         f"model: {result.run_dir}/{run_directory.MODEL_FILE}")
+    metrics = result.metrics
+    log(f"val top-1 {metrics['val_top1']:.4f} (top-5 {metrics['val_top5']:.4f}) at the best epoch, "
+        f"{metrics['best_epoch']} of {len(result.history.get('phase', []))}; the last epoch scored "
+        f"{metrics['val_top1_last_epoch']:.4f}. The best epoch was chosen on these validation photos, "
+        "so its score is optimistic: score photos nothing was tuned on with retail-vision evaluate")
+    log(f"model: {result.run_dir}/{run_directory.MODEL_FILE}")
+    if the_plan.data.validation is not None:
+        log(f"report: {result.run_dir}/{run_directory.REPORT_FOLDER}/report.md")
     return result
 
 
@@ -145,18 +156,20 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
                                       recipe.model.dropout, the_plan.image_size, name=_model_name(recipe.name))
         augmenter = build_augmenter(recipe.augment, train.seed)
     if run_dir is None:
-        run_dir = run_directory.create(runs_dir, recipe.name)
-        run_directory.write_text(run_dir, run_directory.RECIPE_FILE, recipe.to_yaml())
-        run_directory.write_text(run_dir, run_directory.LABELS_FILE, "\n".join(data.class_names) + "\n")
-        run_directory.write_split(run_dir, data)
+        run_dir = run_directory.create(runs_dir, recipe.name, {
+            run_directory.RECIPE_FILE: recipe.to_yaml(),
+            run_directory.LABELS_FILE: "\n".join(data.class_names) + "\n",
+            run_directory.SPLIT_FILE: run_directory.split_json(data)})
     log(f"run directory: {run_dir}")
     state = checkpointing.RunState(run_dir)
+    shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # an image file cache a killed run left half-written
     train_ds, val_ds = data.datasets(the_plan.image_size, recipe.data.resize, train.batch_size, train.seed,
                                      recipe.data.cache, cache_folder=f"{run_dir}/cache")
     freezer = BackboneFreezer(get_backbone(classifier))
-    cache = _LazyCache(the_plan, classifier, augmenter, train_ds, val_ds, cluster)
-    runner = phases.PhaseRunner(classifier, state, train, the_plan.class_weight, run_dir, verbose, data.train_count)
     model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
+    models = _ModelBuilder(cluster, recipe.distribute.strategy)
+    cache = _LazyCache(the_plan, classifier, augmenter, train_ds, val_ds, cluster, models)
+    runner = phases.PhaseRunner(classifier, state, train, run_dir, verbose, data.train_count)
 
     if "head" in state.phases_done:
         classifier.load_weights(state.path(checkpointing.AFTER_HEAD_WEIGHTS))
@@ -167,14 +180,16 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
             freezer.freeze()
         else:
             freezer.unfreeze(the_plan.unfreeze_index, train.fine_tune.batchnorm)
-        # A fresh training model per phase, built outside the strategy's scope (multi_worker.py says why).
+        # A fresh training model per phase: nothing one phase's fit leaves on its model reaches the next.
         if phase.cached:
             model, train_data, val_data = cache.phase_inputs(phase.name, model_class)
         else:
-            model, train_data, val_data = phases.with_augmentation(classifier, augmenter, model_class), train_ds, val_ds
+            model = models.build(lambda: phases.with_augmentation(classifier, augmenter, model_class))
+            train_data, val_data = train_ds, val_ds
+        train_data, val_data, class_weight = _for_replicas(train_data, val_data, the_plan)
         with cluster.scope():
             phases.compile_for(model, phase, train, len(data.class_names))
-            runner.run(phase, model, train_data, val_data)
+            runner.run(phase, model, train_data, val_data, class_weight)
         if phase.name == "head":
             checkpointing.save_weights(classifier, state.path(checkpointing.AFTER_HEAD_WEIGHTS))
         state.phases_done.append(phase.name)
@@ -183,12 +198,14 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     # === The best classifier, saved without augmentation ===
     freezer.restore()
     checkpointing.restore_best(classifier, state)
-    final = phases.score(classifier, val_ds, len(data.class_names), model_class, cluster)
-    classifier.save(f"{run_dir}/{run_directory.MODEL_FILE}")  # never compiled itself: no optimizer inside
+    final = phases.score(models.build(lambda: phases.with_augmentation(classifier, None, model_class)),
+                         _for_replicas(train_ds, val_ds, the_plan)[1], len(data.class_names), cluster)
+    _save_model(classifier, run_dir)
     metrics = {
         "val_top1": final["accuracy"],
         "val_top5": final["top5"],
         "best_epoch": state.best_epoch,
+        "val_top1_last_epoch": state.history["val_accuracy"][-1],
         "phases": state.summaries,
         "classes": len(data.class_names),
         "train_images": data.train_count,
@@ -204,12 +221,34 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     return RunResult(run_dir, classifier, metrics, state.history, list(data.class_names), recipe.data.resize)
 
 
+def _for_replicas(train_ds, val_ds, the_plan: Plan):
+    """(train, val, class weights for fit): batches that give every replica a row, under a strategy."""
+    if the_plan.replicas == 1:
+        return train_ds, val_ds, the_plan.class_weight
+    pad = pipeline.at_least_one_row_per_replica
+    return pad(train_ds, the_plan.replicas, the_plan.class_weight), pad(val_ds, the_plan.replicas), None
+
+
+class _ModelBuilder:
+    """Builds each training model inside the strategy's scope, except under multi_worker: outside it
+    (multi_worker.py says why). Either way it is compiled and fitted inside the scope."""
+
+    def __init__(self, cluster, strategy: str):
+        self.cluster, self.outside = cluster, strategy == "multi_worker"
+
+    def build(self, make):
+        if self.outside:
+            return make()
+        with self.cluster.scope():
+            return make()
+
+
 class _LazyCache:
     """The frozen layers' activations, computed on first use, and the models that train on them."""
 
-    def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster):
+    def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster, models: _ModelBuilder):
         self.plan, self.classifier, self.augmenter = the_plan, classifier, augmenter
-        self.train_ds, self.val_ds, self.cluster = train_ds, val_ds, cluster
+        self.train_ds, self.val_ds, self.cluster, self.models = train_ds, val_ds, cluster, models
         self.cut = None
         if the_plan.cache_cut is not None:
             self.cut = backbone_layers.fine_tune_cut(get_backbone(classifier), the_plan.cache_cut)
@@ -228,12 +267,21 @@ class _LazyCache:
             with self.cluster.scope():
                 self.activations = feature_cache.FrozenActivations(self.classifier, self.cut, self.train_ds,
                                                                    self.val_ds, self.augmenter, self.plan.views, log)
-        if phase == "head":
-            with self.cluster.scope():
+        with self.cluster.scope():
+            if phase == "head":
                 train_data, val_data = self.activations.head_datasets(batch_size, seed)
-            return feature_cache.head_model(self.classifier, model_class), train_data, val_data
-        train_data, val_data = self.activations.fine_tune_datasets(batch_size, seed)
-        return feature_cache.top_model(self.classifier, self.cut, model_class), train_data, val_data
+            else:
+                train_data, val_data = self.activations.fine_tune_datasets(batch_size, seed)
+        if phase == "head":
+            return self.models.build(lambda: feature_cache.head_model(self.classifier, model_class)), train_data, val_data
+        return self.models.build(lambda: feature_cache.top_model(self.classifier, self.cut, model_class)), train_data, val_data
+
+
+def _save_model(classifier, run_dir: str) -> None:
+    """model.keras through a temporary name (Keras writes the zip in place). Never compiled: no optimizer inside."""
+    temporary = os.path.join(run_dir, "model.tmp.keras")
+    classifier.save(temporary)
+    os.replace(temporary, os.path.join(run_dir, run_directory.MODEL_FILE))
 
 
 def _use_mixed_precision(train_config) -> bool:
