@@ -1,5 +1,7 @@
 """Data sources, the scan and the tf.data pipeline, on synthetic photos written by the tests."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,38 @@ def test_a_last_batch_smaller_than_the_replicas_is_padded_at_weight_zero():
     assert last_images.numpy().ravel().tolist() == [8.0, 8.0]  # the real row, then a copy of it
     assert last_weights.numpy().tolist() == [0.5, 0.0]  # its class weight, then nothing
     assert batches[0][2].numpy().tolist() == [1.0, 2.0, 0.5, 1.0, 2.0, 0.5, 1.0, 2.0]
+
+
+def test_linked_class_folders_are_followed_once_each(tmp_path):
+    store = write_class_folders(tmp_path / "store", nested=False)
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for name in ("red-apple", "green-pear", "blue-carton"):
+        (dataset / name).symlink_to(store / name, target_is_directory=True)
+    (dataset / "loop").symlink_to(dataset, target_is_directory=True)  # a link back up the tree
+    examples = sources.load_examples(str(dataset))
+    assert sorted(examples.class_names) == ["blue-carton", "green-pear", "red-apple"]
+    assert len(examples) == 24
+
+
+def test_webp_photos_train_and_heic_and_other_files_are_listed_as_skipped(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    from retail_vision.data.pipeline import decode_image
+
+    root = write_class_folders(tmp_path / "photos", per_class=2, nested=False)
+    photo = synthetic_image((200, 40, 40), seed=3)
+    photo.save(root / "red-apple" / "phone.webp", "WEBP", lossless=True)
+    photo.convert("RGBA").save(root / "red-apple" / "web.webp", "WEBP", lossless=True)
+    (root / "red-apple" / "IMG_0001.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    (root / "green-pear" / "notes.txt").write_text("shot on Monday")
+    (root / "green-pear" / ".DS_Store").write_bytes(b"\x00")
+    usable, skipped = scan(sources.load_examples(str(root)))
+    reasons = {pathlib.Path(s.path).name: s.reason for s in skipped}
+    assert set(reasons) == {"IMG_0001.heic", "notes.txt"}
+    assert reasons["IMG_0001.heic"].startswith("unsupported file type .heic")
+    assert {pathlib.Path(p).name for p in usable.paths} >= {"phone.webp", "web.webp"}
+    for name in ("phone.webp", "web.webp"):
+        decoded = decode_image(tf.io.read_file(str(root / "red-apple" / name))).numpy()
+        np.testing.assert_array_equal(decoded, np.asarray(photo))  # lossless: the same pixels

@@ -30,8 +30,13 @@ def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG/BMP/GIF (first frame) bytes -> uint8 RGB; grayscale and RGBA become RGB."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    """JPEG/PNG/BMP/GIF (first frame)/WebP bytes -> uint8 RGB; grayscale and RGBA become RGB."""
+    is_webp = tf.strings.regex_full_match(tf.strings.substr(encoded, 0, 12), "(?s)RIFF.{4}WEBP")
+    image = tf.cond(
+        is_webp,
+        lambda: tf.io.decode_webp(encoded)[:, :, :3],  # RGB or RGBA as stored; decode_image knows no WebP
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8),
+    )
     image.set_shape([None, None, 3])
     return image
 

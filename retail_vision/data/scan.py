@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from retail_vision.data.sources import Examples
+from retail_vision.data.sources import IMAGE_EXTENSIONS, Examples
 
-# The formats tf.io.decode_image reads; anything else would fail inside the pipeline.
-DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+# The formats the pipeline decodes (tf.io.decode_image, and tf.io.decode_webp); anything else would fail inside it.
+DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP"}
+USABLE = "JPEG, PNG, BMP, GIF or WebP"
 EXIF_ORIENTATION = 0x0112  # phones store portrait photos sideways plus this tag; TF's decoders ignore it
 
 
@@ -28,12 +29,17 @@ class SkippedFile:
 def inspect_image(path: str) -> tuple[str | None, int]:
     """(why `path` cannot be used or None, its EXIF orientation 1..8; 1 when upright or unknown)."""
     orientation = 1
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        kind = os.path.splitext(path)[1] or "without an extension"
+        return f"unsupported file type {kind} (use {USABLE}; convert HEIC photos to JPEG)", orientation
     try:
         if os.path.getsize(path) == 0:
             return "zero-byte file", orientation
         with Image.open(path) as image:
             if image.format not in DECODABLE_FORMATS:
-                return f"unsupported format {image.format} (use JPEG, PNG, BMP or GIF)", orientation
+                return f"unsupported format {image.format} (use {USABLE})", orientation
+            if image.format == "WEBP" and getattr(image, "is_animated", False):
+                return "animated WebP (use a still image)", orientation
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             image.load()
     except FileNotFoundError:

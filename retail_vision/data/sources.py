@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 
 from retail_vision.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MANIFEST_EXTENSIONS = (".csv", ".txt")
 
 
@@ -71,22 +71,33 @@ def load_examples(source: str, class_names_file: str | None = None, known_classe
 def from_folder(root: str, photos_of_one_class: bool = False) -> Examples:
     """Each folder that holds images directly is a class, named after the folder (the leaf).
 
+    Linked folders are followed (a dataset is often a folder of links into a photo store), each
+    real folder once. Other files in a class folder (HEIC photos, notes) come along so that the
+    scan lists them as skipped; hidden files are ignored.
     With `photos_of_one_class`, `root` itself may hold the photos of one class (scoring a batch of one product).
     """
     images_by_folder: dict[str, list[str]] = {}
-    empty_leaves = []
-    for folder, subfolders, files in os.walk(root, followlinks=False):
+    empty_leaves, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            subfolders.clear()
+            continue
+        seen.add(real)
         subfolders.sort()
-        images = sorted(name for name in files if name.lower().endswith(IMAGE_EXTENSIONS))
-        if images:
-            images_by_folder[folder] = [os.path.join(folder, name) for name in images]
+        files = sorted(name for name in files if not name.startswith("."))
+        if any(name.lower().endswith(IMAGE_EXTENSIONS) for name in files):
+            images_by_folder[folder] = [os.path.join(folder, name) for name in files]
         elif not subfolders and folder != root:
-            empty_leaves.append(folder)
+            empty_leaves.append((folder, files))
     if empty_leaves:
-        raise DataError(
-            f"{empty_leaves[0]}: empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} files); "
-            "add photos or remove the folder"
-        )
+        folder, files = empty_leaves[0]
+        if not files:
+            raise DataError(f"{folder}: empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} files); "
+                            "add photos or remove the folder")
+        listed = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+        raise DataError(f"{folder}: no usable photos in this class folder (only {listed}; usable: "
+                        f"{'/'.join(IMAGE_EXTENSIONS)}); convert them to JPEG or remove the folder")
     if not images_by_folder:
         raise DataError(f"{root}: no images found (looked for {'/'.join(IMAGE_EXTENSIONS)} in class folders)")
     if root in images_by_folder and photos_of_one_class and len(images_by_folder) == 1:
