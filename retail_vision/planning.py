@@ -78,6 +78,8 @@ class Plan:
             f"classes:    {len(data.class_names)}",
             f"train:      {_count(data.train_count, 'image')}",
             f"validation: {_count(data.validation_count, 'image')}",
+            *([f"test:       {_count(len(data.test), 'image')} (scored once at the end, never tuned on)"]
+              if data.test is not None else []),
             f"skipped:    {_count(len(data.skipped), 'file')}",
         ]
         lines += [f"  {skipped.path}: {skipped.reason}" for skipped in data.skipped]

@@ -36,6 +36,11 @@ class DataConfig(_Section):
         description="a folder or manifest (a TFDS split name for tfds), or a fraction of "
         "train held out with a seeded stratified split",
     )
+    test: Union[float, str, None] = Field(
+        None,
+        description="photos scored once at the end and never tuned on: a folder or manifest, or a fraction of "
+        "train held out (seeded, stratified); none by default",
+    )
     class_names: str | None = Field(
         None, description="class-name file for manifests whose labels are ids (one per line, or CSV name,id)"
     )
@@ -238,6 +243,8 @@ class Recipe(_Section):
         data.source = resolve(data.source)
         if isinstance(data.validation, str) and not self.data.source.startswith("tfds:"):
             data.validation = resolve(data.validation)
+        if isinstance(data.test, str):
+            data.test = resolve(data.test)
         data.class_names = resolve(data.class_names)
         data.data_dir = resolve(data.data_dir)
         model = self.model.model_copy()

@@ -10,6 +10,7 @@
         metrics.json     final val top-1/top-5 per phase, skipped files, wall time, images/s
                          (written last: its presence marks a finished run)
         report/          evaluation of the validation set (report.md, plots, predictions.csv)
+        report-test/     evaluation of data.test, scored once at the end (when the recipe has one)
         checkpoints/     what `--resume` needs (see checkpointing.py)
         logs/            TensorBoard
 """
@@ -29,6 +30,7 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 SPLIT_FILE = "split.json"
 REPORT_FOLDER = "report"
+TEST_REPORT_FOLDER = "report-test"
 
 
 def create(runs_dir: str, name: str, files: dict[str, str]) -> str:
@@ -83,14 +85,14 @@ def split_json(data) -> str:
     if data.train is None:
         split = {"class_names": data.class_names, "tfds_splits": list(data.tfds_splits)}
     else:
-        split = {"class_names": data.class_names,
-                 "train": {"paths": data.train.paths, "labels": data.train.labels},
-                 "validation": {"paths": data.validation.paths, "labels": data.validation.labels}}
+        parts = {"train": data.train, "validation": data.validation, "test": data.test}
+        split = {"class_names": data.class_names, **{part: {"paths": examples.paths, "labels": examples.labels}
+                                                     for part, examples in parts.items() if examples is not None}}
     return json.dumps(split, indent=1) + "\n"
 
 
-def read_split(run_dir: str):
-    """(train Examples, validation Examples) as the run recorded them; None for a TFDS run or a run without split.json."""
+def read_split(run_dir: str) -> dict | None:
+    """{"train", "validation"[, "test"]: Examples} as the run recorded them; None for a TFDS run or a run without split.json."""
     from retail_vision.data.sources import Examples
 
     path = os.path.join(run_dir, SPLIT_FILE)
@@ -100,8 +102,8 @@ def read_split(run_dir: str):
         split = json.load(handle)
     if "train" not in split:
         return None
-    return tuple(Examples(split[part]["paths"], split[part]["labels"], split["class_names"])
-                 for part in ("train", "validation"))
+    return {part: Examples(split[part]["paths"], split[part]["labels"], split["class_names"])
+            for part in ("train", "validation", "test") if part in split}
 
 
 def saved_recipe(folder: str) -> dict | None:

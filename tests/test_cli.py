@@ -57,6 +57,9 @@ def test_fit_cli_matches_the_python_api(image_folder, tmp_path):
     raw = tiny_recipe(image_folder, tmp_path / "cli-runs")
     result = invoke("fit", write_recipe(tmp_path / "r.yaml", raw), "--set", "train.fine_tune.epochs=1")
     assert result.exit_code == 0, result.output
+    # The last lines: the best epoch's score named as such, the last epoch's beside it, the report.
+    assert "at the best epoch" in result.output and "the last epoch scored" in result.output
+    assert "optimistic" in result.output and "/report/report.md" in result.output
     cli_metrics = json.loads(next((tmp_path / "cli-runs").glob("*/metrics.json")).read_text())
 
     from retail_vision import Recipe, fit

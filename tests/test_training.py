@@ -237,3 +237,22 @@ def test_mixed_precision_keeps_a_float32_softmax(image_folder, tmp_path):
 
     expected = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
     assert get_backbone(cpu_only.model).get_layer("conv1").dtype_policy.name == expected  # auto
+
+
+def test_a_test_split_is_held_out_first_and_scored_once_at_the_end(image_folder, tmp_path):
+    import pathlib
+
+    from retail_vision import plan
+
+    recipe = Recipe.from_dict(tiny_recipe(image_folder, tmp_path / "runs", data={"test": 0.25}, train={
+        **tiny_recipe("", "")["train"], "head": {"epochs": 1, "learning_rate": 0.05}, "fine_tune": {"epochs": 0}}))
+    described = plan(recipe).describe()
+    assert "test:       6 images (scored once at the end, never tuned on)" in described
+    assert "per class:  4 train images" in described  # not "4 (red-apple) to 4 (red-apple)"
+    assert any(line.startswith("phase head: 1 epoch of") for line in described)  # not "1 epochs"
+    result = fit(recipe, verbose=0)
+    split = json.loads((pathlib.Path(result.run_dir) / "split.json").read_text())
+    test = set(split["test"]["paths"])
+    assert len(test) == 6 and not test & (set(split["train"]["paths"]) | set(split["validation"]["paths"]))
+    assert result.metrics["test_images"] == 6 and 0.0 <= result.metrics["test_top1"] <= 1.0
+    assert (pathlib.Path(result.run_dir) / "report-test" / "report.md").is_file()

@@ -70,8 +70,29 @@ def apply_exif_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tenso
 
 
 def load_and_resize(path: tf.Tensor, size: int, mode: str, orientation=1) -> tf.Tensor:
-    image = apply_exif_orientation(decode_image(tf.io.read_file(path)), orientation)
-    return resize_image(image, size, mode)
+    is_heif = tf.strings.regex_full_match(path, HEIF_FILES)
+    image = tf.cond(is_heif, lambda: _decode_heif(path), lambda: decode_image(tf.io.read_file(path)))
+    return resize_image(apply_exif_orientation(image, orientation), size, mode)
+
+
+HEIF_FILES = r"(?is).*\.hei[cf]"
+
+
+def _decode_heif(path: tf.Tensor) -> tf.Tensor:
+    """HEIC/HEIF photo file -> uint8 RGB, through Pillow and pillow-heif: TensorFlow has no HEIF decoder."""
+
+    def decode(raw_path):  # a 0-d numpy array of bytes
+        import numpy as np
+        import pillow_heif
+        from PIL import Image
+
+        pillow_heif.register_heif_opener()
+        with Image.open(os.fsdecode(raw_path.item())) as image:
+            return np.asarray(image.convert("RGB"))
+
+    image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return image
 
 
 def files_dataset(examples: Examples, size: int, mode: str) -> tf.data.Dataset:

@@ -10,13 +10,16 @@ import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import pillow_heif
 from PIL import Image
 
 from retail_vision.data.sources import IMAGE_EXTENSIONS, Examples
 
-# The formats the pipeline decodes (tf.io.decode_image, and tf.io.decode_webp); anything else would fail inside it.
-DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP"}
-USABLE = "JPEG, PNG, BMP, GIF or WebP"
+pillow_heif.register_heif_opener()  # Pillow then opens HEIC/HEIF (iPhone) photos
+
+# The formats the pipeline decodes (TensorFlow's decoders; HEIF through Pillow); anything else would fail inside it.
+DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "HEIF"}
+USABLE = "JPEG, PNG, BMP, GIF, WebP or HEIC"
 EXIF_ORIENTATION = 0x0112  # phones store portrait photos sideways plus this tag; TF's decoders ignore it
 
 
@@ -31,7 +34,7 @@ def inspect_image(path: str) -> tuple[str | None, int]:
     orientation = 1
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         kind = os.path.splitext(path)[1] or "without an extension"
-        return f"unsupported file type {kind} (use {USABLE}; convert HEIC photos to JPEG)", orientation
+        return f"unsupported file type {kind} (use {USABLE})", orientation
     try:
         if os.path.getsize(path) == 0:
             return "zero-byte file", orientation
@@ -40,7 +43,8 @@ def inspect_image(path: str) -> tuple[str | None, int]:
                 return f"unsupported format {image.format} (use {USABLE})", orientation
             if image.format == "WEBP" and getattr(image, "is_animated", False):
                 return "animated WebP (use a still image)", orientation
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            # pillow-heif turns HEIF photos upright as it decodes them: their EXIF tag must not turn them again.
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1) if image.format != "HEIF" else 1
             image.load()
     except FileNotFoundError:
         return "file not found", orientation

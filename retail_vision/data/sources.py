@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 
 from retail_vision.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".heic", ".heif")
 MANIFEST_EXTENSIONS = (".csv", ".txt")
 
 
@@ -207,10 +207,11 @@ def _relabel(examples: Examples, known_classes: list[str], source: str) -> Examp
     return Examples(examples.paths, labels, list(known_classes))
 
 
-def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+def stratified_split(examples: Examples, fraction: float, seed: int,
+                     field: str = "data.validation") -> tuple[Examples, Examples]:
     """Hold out `fraction` of each class (at least one image where the class has two or more)."""
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"data.validation: received {fraction}; a fraction must be between 0 and 1")
+        raise DataError(f"{field}: received {fraction}; a fraction must be between 0 and 1")
     by_class = defaultdict(list)
     for i, label in enumerate(examples.labels):
         by_class[label].append(i)

@@ -19,6 +19,7 @@ class TrainingData:
     train: sources.Examples | None  # None for TFDS sources
     validation: sources.Examples | None
     skipped: list[SkippedFile]
+    test: sources.Examples | None = None  # scored once at the end, never tuned on (data.test)
     tfds_builder: object = None
     tfds_splits: tuple[str, str] | None = None
     train_count: int = 0
@@ -62,6 +63,12 @@ def resolve_training_data(data_config, seed: int) -> TrainingData:
         return _resolve_tfds(data_config)
     outside = data_config.allow_outside_paths
     train = sources.load_examples(data_config.source, data_config.class_names, allow_outside_paths=outside)
+    test = None
+    if isinstance(data_config.test, str):
+        test = sources.load_examples(data_config.test, data_config.class_names, train.class_names,
+                                     allow_outside_paths=outside)
+    elif data_config.test is not None:  # held out first, so validation never draws from it
+        train, test = sources.stratified_split(train, data_config.test, seed, field="data.test")
     if isinstance(data_config.validation, str):
         validation = sources.load_examples(data_config.validation, data_config.class_names, train.class_names,
                                            allow_outside_paths=outside)
@@ -69,6 +76,9 @@ def resolve_training_data(data_config, seed: int) -> TrainingData:
         train, validation = sources.stratified_split(train, data_config.validation, seed)
     train, skipped_train = scan(train)
     validation, skipped_val = scan(validation)
+    skipped_test = []
+    if test is not None:
+        test, skipped_test = scan(test)
     _require_images(train, data_config.source)
     if len(validation) == 0:
         raise DataError(f"{data_config.validation}: no usable validation images")
@@ -76,7 +86,8 @@ def resolve_training_data(data_config, seed: int) -> TrainingData:
         class_names=train.class_names,
         train=train,
         validation=validation,
-        skipped=skipped_train + skipped_val,
+        skipped=skipped_train + skipped_val + skipped_test,
+        test=test,
         train_count=len(train),
         validation_count=len(validation),
     )
@@ -91,6 +102,9 @@ def _require_images(train: sources.Examples, source: str) -> None:
 def _resolve_tfds(data_config) -> TrainingData:
     from retail_vision.data import tfds_source
 
+    if data_config.test is not None:
+        raise DataError("data.test: not supported with a TFDS source yet; score a held-out split with "
+                        "retail-vision evaluate after training")
     builder = tfds_source.load_builder(data_config.source, data_config.data_dir)
     if isinstance(data_config.validation, str):
         splits = ("train", data_config.validation)

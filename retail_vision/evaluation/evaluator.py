@@ -95,7 +95,7 @@ def _run_validation(model) -> sources.Examples:
     if split is None:
         raise UserError(f"{model}: no recorded validation files (split.json of a folder or manifest run); "
                         "give DATA, a folder or manifest of labelled photos")
-    return split[1]
+    return split["validation"]
 
 
 def _score(predict, labels, image_size, resize, examples, description, coarse_of, groups, history,

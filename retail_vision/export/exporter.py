@@ -118,7 +118,7 @@ class _Source:
     name: str
     description: str  # for the report: the path, or "in-memory model"
     keras_files: list[str]  # the .keras file, for the size column; none for a model in hand
-    split: tuple | None  # (train, validation) Examples the run recorded
+    split: dict | None  # {"train", "validation"[, "test"]: Examples} the run recorded
 
     @classmethod
     def of(cls, model, name: str | None) -> "_Source":
@@ -157,13 +157,13 @@ def _held_out_and_calibration(source: _Source, data, calibration_images: int, se
     elif data is not None:
         held_out = sources.load_examples(data, known_classes=labels)
     elif source.split is not None:
-        held_out = source.split[1]
+        held_out = source.split["validation"]
     else:
         raise UserError("export needs held-out images to check each artifact: pass --data FOLDER_OR_MANIFEST")
     index = {name: i for i, name in enumerate(labels)}
     held_out = sources.Examples(held_out.paths, [index[held_out.class_names[label]] for label in held_out.labels],
                                 labels)
-    pool = source.split[0].paths if source.split is not None else held_out.paths  # else: the held-out images
+    pool = source.split["train"].paths if source.split is not None else held_out.paths  # else: the held-out images
     rng = np.random.default_rng(seed)
     calibration = [pool[i] for i in rng.permutation(len(pool))[:calibration_images]]
     return held_out, calibration

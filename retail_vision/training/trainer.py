@@ -127,6 +127,12 @@ def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunR
         from retail_vision.evaluation.evaluator import evaluate
 
         evaluate(result.run_dir, report_dir=os.path.join(result.run_dir, run_directory.REPORT_FOLDER))
+    if cluster.is_chief and the_plan.data.test is not None:  # scored once, here; nothing was tuned on it
+        from retail_vision.evaluation.evaluator import evaluate
+
+        test_dir = os.path.join(result.run_dir, run_directory.TEST_REPORT_FOLDER)
+        tested = evaluate(result.run_dir, the_plan.data.test, report_dir=test_dir)
+        result.metrics.update(test_top1=tested["top1"], test_top5=tested["top5"], test_images=tested["images"])
     if recipe.export.enabled and cluster.is_chief:
         from retail_vision.export import export_model
 
@@ -145,6 +151,9 @@ def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunR
     log(f"model: {result.run_dir}/{run_directory.MODEL_FILE}")
     if the_plan.data.validation is not None:
         log(f"report: {result.run_dir}/{run_directory.REPORT_FOLDER}/report.md")
+    if "test_top1" in metrics:
+        log(f"test top-1 {metrics['test_top1']:.4f} (top-5 {metrics['test_top5']:.4f}) on {metrics['test_images']} "
+            f"photos nothing was tuned on: {result.run_dir}/{run_directory.TEST_REPORT_FOLDER}/report.md")
     return result
 
 
