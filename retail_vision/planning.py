@@ -158,34 +158,19 @@ def plan(recipe: Recipe, replicas: int = 1) -> Plan:
     _raise_all(problems, recipe)
 
     views = train.head.augmented_views if recipe.augment.active else 1
-    notes, cut, cache_bytes = [], None, 0
-    cache_fine_tune = False
-    if train.fine_tune.epochs and architecture.cut_exists:
-        activation_bytes = views * data.train_count * architecture.cut_values * ACTIVATION_BYTES
-        cache_fine_tune = _should_cache(train.fine_tune.cache_activations, activation_bytes, strategy)
-        if cache_fine_tune:
-            cut, cache_bytes = architecture.first, activation_bytes
-    elif train.fine_tune.epochs and architecture.first > 0 and train.fine_tune.cache_activations == "auto":
-        notes.append(f"fine-tune not cached: {architecture.first_name!r} is inside a block; unfreeze from a block "
-                     f"boundary such as {architecture.nearest_cuts} to train the top on cached activations")
-    if cache_fine_tune:  # the head's features then come from the same activations, at no extra memory
-        cache_head = bool(train.head.epochs) and train.head.cache_features is not False
-    else:
-        feature_bytes = views * data.train_count * spec.feature_dim * FEATURE_BYTES
-        cache_head = bool(train.head.epochs) and _should_cache(train.head.cache_features, feature_bytes, strategy)
-        cache_bytes = feature_bytes if cache_head else 0
-
+    caching = _Caching(recipe, spec, architecture, views, data.train_count)
     lr_factor = float(replicas) if recipe.distribute.lr_scaling == "linear" else 1.0
     steps = math.ceil(data.train_count / train.batch_size)
     phases = []
     if train.head.epochs:
-        phases.append(Phase("head", train.head.epochs, train.head.learning_rate * lr_factor, 0, steps, cache_head))
+        phases.append(Phase("head", train.head.epochs, train.head.learning_rate * lr_factor, 0, steps, caching.head))
     if train.fine_tune.epochs:
         warmup = min(round(train.fine_tune.warmup_epochs * steps), max(train.fine_tune.epochs * steps - 1, 0))
         phases.append(Phase("fine_tune", train.fine_tune.epochs, train.fine_tune.learning_rate * lr_factor, warmup,
-                            steps, cache_fine_tune))
+                            steps, caching.fine_tune))
     return Plan(recipe, spec, image_size, data, class_weight, views, architecture.first, architecture.first_name,
-                architecture.layer_count, cut, cache_bytes, replicas, lr_factor, tuple(phases), tuple(notes))
+                architecture.layer_count, caching.cut, caching.nbytes, replicas, lr_factor, tuple(phases),
+                tuple(caching.notes))
 
 
 class _Architecture:
@@ -231,6 +216,34 @@ class _Architecture:
                 problem(f"{field}: the unfrozen top must start where nothing below is needed again, and "
                         f"{self.first_name!r} is inside a block (a residual connection crosses it); "
                         f"set train.fine_tune.unfreeze to a block boundary such as {self.nearest_cuts}")
+
+
+class _Caching:
+    """What the frozen layers compute once: where (`cut`), for which phases, and the memory it takes.
+
+    A fine-tune from a block boundary caches the input of its first layer, and the head pools its
+    features from the same activations; otherwise the head caches pooled features. `auto` caches
+    when the activations fit the memory budget.
+    """
+
+    def __init__(self, recipe: Recipe, spec, architecture: _Architecture, views: int, train_count: int):
+        head, fine_tune, strategy = recipe.train.head, recipe.train.fine_tune, recipe.distribute.strategy
+        self.cut, self.nbytes, self.fine_tune, self.notes = None, 0, False, []
+        if fine_tune.epochs and architecture.cut_exists:
+            activation_bytes = views * train_count * architecture.cut_values * ACTIVATION_BYTES
+            self.fine_tune = _should_cache(fine_tune.cache_activations, activation_bytes, strategy)
+            if self.fine_tune:
+                self.cut, self.nbytes = architecture.first, activation_bytes
+        elif fine_tune.epochs and architecture.first > 0 and fine_tune.cache_activations == "auto":
+            self.notes.append(f"fine-tune not cached: {architecture.first_name!r} is inside a block; unfreeze "
+                              f"from a block boundary such as {architecture.nearest_cuts} to train the top on "
+                              "cached activations")
+        if self.fine_tune:  # the head's features come from the same activations, at no extra memory
+            self.head = bool(head.epochs) and head.cache_features is not False
+        else:
+            feature_bytes = views * train_count * spec.feature_dim * FEATURE_BYTES
+            self.head = bool(head.epochs) and _should_cache(head.cache_features, feature_bytes, strategy)
+            self.nbytes = feature_bytes if self.head else 0
 
 
 def estimate_seconds(the_plan: Plan) -> dict[str, float]:

@@ -123,16 +123,8 @@ def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunR
     recipe = the_plan.recipe
     # Out of the strategy's scope: these load the saved model anew, and creating variables under a
     # multi-worker strategy is a collective that the other workers would never join.
-    if cluster.is_chief and the_plan.data.validation is not None:  # TFDS sources have no files to report on
-        from retail_vision.evaluation.evaluator import evaluate
-
-        evaluate(result.run_dir, report_dir=os.path.join(result.run_dir, run_directory.REPORT_FOLDER))
-    if cluster.is_chief and the_plan.data.test is not None:  # scored once, here; nothing was tuned on it
-        from retail_vision.evaluation.evaluator import evaluate
-
-        test_dir = os.path.join(result.run_dir, run_directory.TEST_REPORT_FOLDER)
-        tested = evaluate(result.run_dir, the_plan.data.test, report_dir=test_dir)
-        result.metrics.update(test_top1=tested["top1"], test_top5=tested["top5"], test_images=tested["images"])
+    if cluster.is_chief:
+        _write_reports(the_plan, result)
     if recipe.export.enabled and cluster.is_chief:
         from retail_vision.export import export_model
 
@@ -155,6 +147,18 @@ def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunR
         log(f"test top-1 {metrics['test_top1']:.4f} (top-5 {metrics['test_top5']:.4f}) on {metrics['test_images']} "
             f"photos nothing was tuned on: {result.run_dir}/{run_directory.TEST_REPORT_FOLDER}/report.md")
     return result
+
+
+def _write_reports(the_plan: Plan, result: RunResult) -> None:
+    """The validation report; and the test photos, scored once, here: nothing was tuned on them."""
+    from retail_vision.evaluation.evaluator import evaluate
+
+    if the_plan.data.validation is not None:  # TFDS sources have no files to report on
+        evaluate(result.run_dir, report_dir=os.path.join(result.run_dir, run_directory.REPORT_FOLDER))
+    if the_plan.data.test is not None:
+        tested = evaluate(result.run_dir, the_plan.data.test,
+                          report_dir=os.path.join(result.run_dir, run_directory.TEST_REPORT_FOLDER))
+        result.metrics.update(test_top1=tested["top1"], test_top5=tested["top5"], test_images=tested["images"])
 
 
 def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
@@ -204,6 +208,11 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
         state.phases_done.append(phase.name)
         state.save()
 
+    # Gigabytes of cached activations (in the cache and in the last phase's datasets) are not held
+    # while the best model is scored, saved and reported on.
+    cache_summary = cache.summary
+    cache = model = train_data = val_data = None
+
     # === The best classifier, saved without augmentation ===
     freezer.restore()
     checkpointing.restore_best(classifier, state)
@@ -222,7 +231,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
         "skipped_files": [dataclasses.asdict(s) for s in data.skipped],
         "image_size": the_plan.image_size,
         "backbone": recipe.model.backbone,
-        "activation_cache": cache.summary,  # None when no phase ran on cached activations in this process
+        "activation_cache": cache_summary,  # None when no phase ran on cached activations in this process
         "distribute": the_plan.distribute_summary,
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
