@@ -40,11 +40,10 @@ def _user_errors_exit_2(command):
 def _quiet_tensorflow():
     """Load TensorFlow without its C++ log lines (oneDNN, CUDA stubs, cuInit) on the user's terminal.
 
-    TF_CPP_MIN_LOG_LEVEL=0 in the environment brings them back, for debugging a GPU setup.
-
-    Its absl logging writes them to file descriptor 2 before any log level applies, so that
-    descriptor points at /dev/null while TensorFlow loads and looks for devices. A Python error
-    raised meanwhile still reaches stderr: it prints after the descriptor is restored.
+    Its absl logging writes the start-up lines to file descriptor 2 before any log level applies,
+    so that descriptor points at /dev/null while TensorFlow loads and looks for devices. A Python
+    error raised meanwhile still reaches stderr: it prints after the descriptor is restored.
+    TF_CPP_MIN_LOG_LEVEL=0 in the environment keeps the later lines, for debugging a GPU setup.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its kernel notes too; errors still raise in Python
     if "tensorflow" in sys.modules:
