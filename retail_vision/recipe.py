@@ -285,7 +285,8 @@ def apply_override(raw: dict, override: str) -> None:
 def _describe(error: dict, raw: dict) -> str:
     """One line from a pydantic error: dotted path, what is wrong, value received, a suggestion."""
     loc = _without_union_branches(error["loc"])
-    path = ".".join(str(part) for part in loc) or "recipe"
+    # Escaped where a key holds a line break or another control character: an error stays one line.
+    path = ".".join(str(part) if str(part).isprintable() else repr(str(part))[1:-1] for part in loc) or "recipe"
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
