@@ -129,9 +129,9 @@ def format_summary(results: dict, confusions: int = CONFUSIONS_SHOWN) -> str:
 
 
 def _not_in_model(results: dict) -> str:
-    left_out = results["classes_not_in_model"]
-    return (f"left out: {sum(left_out.values())} photo(s) of {len(left_out)} class(es) the model does not know "
-            f"({', '.join(sorted(left_out))})")
+    left_out, shown = results["classes_not_in_model"], 10  # all of them are in metrics.json
+    names = ", ".join(sorted(left_out)[:shown]) + (f", ... ({len(left_out) - shown} more)" if len(left_out) > shown else "")
+    return f"left out: {sum(left_out.values())} photo(s) of {len(left_out)} class(es) the model does not know ({names})"
 
 
 def markdown(results: dict, pictures: list[str]) -> str:
