@@ -135,6 +135,10 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer of both phases")
     weight_decay: float = Field(1e-4, ge=0.0, description="decoupled weight decay (adamw only)")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    calibrate: bool = Field(
+        True, description="fit a softmax temperature on the validation photos at the end, so confidences mean "
+        "what they say (argmax unchanged)"
+    )
     class_weights: Literal["auto", "none"] = Field(
         "none", description="'auto' weights classes by inverse frequency (imbalanced data)"
     )

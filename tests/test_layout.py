@@ -14,7 +14,7 @@ LAYERS = [
     {"errors", "console"},
     {"backbones", "recipe", "data", "run_directory", "classifier", "backbone_layers"},
     {"planning", "artifacts"},
-    {"training", "export", "evaluation", "prediction"},
+    {"training", "export", "evaluation", "prediction", "calibration"},
     {"cli", "__init__"},
 ]
 LAYER_OF = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}

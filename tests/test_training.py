@@ -256,3 +256,33 @@ def test_a_test_split_is_held_out_first_and_scored_once_at_the_end(image_folder,
     assert len(test) == 6 and not test & (set(split["train"]["paths"]) | set(split["validation"]["paths"]))
     assert result.metrics["test_images"] == 6 and 0.0 <= result.metrics["test_top1"] <= 1.0
     assert (pathlib.Path(result.run_dir) / "report-test" / "report.md").is_file()
+
+
+def test_temperature_fitted_on_overconfident_logits_recovers_their_scale():
+    from retail_vision.calibration import fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, (20000, 5))
+    probabilities = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in probabilities])
+    assert fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.05)  # 3x too confident
+    assert fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.05)  # already calibrated
+
+
+def test_fit_calibrates_the_saved_model_and_keeps_every_prediction(image_folder, tmp_path):
+    def trained(name, calibrate):
+        train = {**tiny_recipe("", "")["train"], "calibrate": calibrate, "fine_tune": {"epochs": 0}}
+        return run(image_folder, tmp_path / name, train=train)
+
+    plain, calibrated = trained("plain", False), trained("calibrated", True)
+    images = np.random.default_rng(2).uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    before, after = plain.model.predict(images, verbose=0), calibrated.model.predict(images, verbose=0)
+    temperature = calibrated.metrics["calibration"]["temperature"]
+    assert plain.metrics["calibration"] is None and temperature != pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_array_equal(before.argmax(axis=1), after.argmax(axis=1))  # same classes, other confidences
+    expected = np.log(before) / temperature
+    expected = np.exp(expected) / np.exp(expected).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(after, expected, atol=1e-4)  # softmax(z / T), inside the model itself
+    saved = keras.saving.load_model(next((tmp_path / "calibrated").glob("runs/*/model.keras")), safe_mode=True)
+    np.testing.assert_allclose(saved.predict(images, verbose=0), after, atol=1e-6)
+    assert calibrated.metrics["val_top1"] == plain.metrics["val_top1"]

@@ -19,7 +19,7 @@ import tempfile
 import keras
 import numpy as np
 
-from retail_vision import backbone_layers, run_directory
+from retail_vision import backbone_layers, calibration, run_directory
 from retail_vision.console import log
 from retail_vision.data import pipeline
 from retail_vision.classifier import build_classifier, get_backbone
@@ -216,6 +216,10 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     # === The best classifier, saved without augmentation ===
     freezer.restore()
     checkpointing.restore_best(classifier, state)
+    calibrated = calibration.calibrate(classifier, val_ds) if train.calibrate else None
+    if calibrated:
+        log(f"calibrated on the validation photos: temperature {calibrated.temperature:.2f}, expected "
+            f"calibration error {calibrated.ece_before:.3f} -> {calibrated.ece_after:.3f}")
     final = phases.score(models.build(lambda: phases.with_augmentation(classifier, None, model_class)),
                          _for_replicas(train_ds, val_ds, the_plan)[1], len(data.class_names), cluster)
     _save_model(classifier, run_dir)
@@ -224,6 +228,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
         "val_top5": final["top5"],
         "best_epoch": state.best_epoch,
         "val_top1_last_epoch": state.history["val_accuracy"][-1],
+        "calibration": calibrated.as_metrics() if calibrated else None,  # fitted on val: its ECE is optimistic
         "phases": state.summaries,
         "classes": len(data.class_names),
         "train_images": data.train_count,
