@@ -11,7 +11,7 @@
                          (written last: its presence marks a finished run)
         report/          evaluation of the validation set (report.md, plots, predictions.csv)
         report-test/     evaluation of data.test, scored once at the end (when the recipe has one)
-        checkpoints/     what `--resume` needs (see checkpointing.py)
+        checkpoints/     what `--resume` needs (see training/checkpointing.py)
         logs/            TensorBoard
 """
 
