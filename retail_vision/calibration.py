@@ -13,9 +13,10 @@ import dataclasses
 import keras
 import numpy as np
 
+from retail_vision.classifier import HEAD_LAYERS
 from retail_vision.evaluation.metrics import expected_calibration_error
 
-HEAD_INPUT, HEAD = "head_dropout", "predictions"  # the classifier's layers around its logits (classifier.py)
+HEAD_INPUT, HEAD = HEAD_LAYERS  # the classifier's layers around its logits
 LOG_T_RANGE = (np.log(0.05), np.log(20.0))  # temperatures searched
 
 

@@ -11,6 +11,8 @@ import keras
 from retail_vision import backbones
 
 BACKBONE_LAYER = "backbone"  # the nested backbone model's name inside every classifier
+POOL_LAYER = "pool"  # pooled backbone features
+HEAD_LAYERS = ("head_dropout", "predictions")  # pooled features -> dropout -> Dense softmax (the logits inside)
 
 
 def build_classifier(
@@ -29,9 +31,9 @@ def build_classifier(
     feature_extractor = spec.build(weights)
     feature_extractor.name = BACKBONE_LAYER
     preprocess = keras.layers.Rescaling(spec.scale, spec.offset, name="preprocess")
-    pool = keras.layers.GlobalAveragePooling2D(name="pool")
-    head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
-    predictions = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
+    pool = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)
+    head_dropout = keras.layers.Dropout(dropout, name=HEAD_LAYERS[0])
+    predictions = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_LAYERS[1])
 
     # === Functional Model ===
     images = keras.Input(shape=(size, size, 3), name="image")

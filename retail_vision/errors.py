@@ -8,6 +8,12 @@ class UserError(Exception):
 class RecipeError(UserError):
     """A recipe field is unknown, of the wrong type or out of range."""
 
+    @classmethod
+    def listing(cls, problems: list[str], where: str | None = None) -> "RecipeError":
+        """One error for several problems: a header line, then one indented line per problem."""
+        header = f"{where}: {len(problems)} problems:" if where else f"{len(problems)} problems:"
+        return cls("\n".join([header] + [f"  {problem}" for problem in problems]))
+
 
 class DataError(UserError):
     """The data a recipe points to is missing, empty or unusable."""

@@ -11,8 +11,8 @@ so no verb works a recipe out again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 
 from retail_vision import backbones
 from retail_vision.data.training_data import TrainingData, resolve_training_data
@@ -55,13 +55,6 @@ class Plan:
     lr_factor: float
     phases: tuple[Phase, ...]  # the phases with epochs to train, in order
     notes: tuple[str, ...]  # worth saying, not errors
-
-    @property
-    def name(self) -> str:
-        return self.recipe.name
-
-    def phase(self, name: str) -> Phase | None:
-        return next((phase for phase in self.phases if phase.name == name), None)
 
     @property
     def distribute_summary(self) -> dict:
@@ -189,7 +182,7 @@ class _Architecture:
 
         from retail_vision import backbone_layers
 
-        backbone = spec.build("none")
+        backbone = _weightless(spec)
         self.layer_count = len(backbone.layers)
         try:
             self.first = backbone_layers.first_trainable_index(backbone, fine_tune.unfreeze)
@@ -260,7 +253,7 @@ def estimate_seconds(the_plan: Plan) -> dict[str, float]:
     from retail_vision import backbone_layers
 
     recipe, data = the_plan.recipe, the_plan.data
-    backbone = the_plan.backbone.build("none")
+    backbone = _weightless(the_plan.backbone)
     batch = min(recipe.train.batch_size, 8)
 
     def per_image(model, shape) -> float:
@@ -292,6 +285,12 @@ def estimate_seconds(the_plan: Plan) -> dict[str, float]:
     return seconds
 
 
+@functools.lru_cache(maxsize=1)
+def _weightless(spec: backbones.BackboneSpec):
+    """The backbone's architecture without weights, built once for the plan's checks and the time estimate."""
+    return spec.build("none")
+
+
 def _should_cache(setting, nbytes: int, strategy: str) -> bool:
     """`true`/`false` as asked; `auto` caches when `nbytes` of activations fit the memory budget."""
     if setting != "auto":
@@ -315,8 +314,7 @@ def _raise_all(problems: list[UserError], recipe: Recipe) -> None:
     if len(problems) == 1:
         error = problems[0]
         raise type(error)(f"{recipe.source}: {error}" if recipe.source and isinstance(error, RecipeError) else str(error))
-    header = f"{recipe.source or 'recipe'}: {len(problems)} problems:"
-    raise RecipeError("\n".join([header] + [f"  {error}" for error in problems]))
+    raise RecipeError.listing([str(error) for error in problems], recipe.source or "recipe")
 
 
 def _count(number: int, noun: str) -> str:

@@ -16,7 +16,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from retail_vision.backbones import _registry
+from retail_vision import backbones
 from retail_vision.errors import RecipeError
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")  # the TFLite files export can write
@@ -67,8 +67,8 @@ class ModelConfig(_Section):
     @field_validator("backbone")
     @classmethod
     def _registered(cls, name: str) -> str:
-        if name not in _registry.names():
-            raise ValueError(_registry.unknown_name_message(name))
+        if name not in backbones.names():
+            raise ValueError(backbones.unknown_name_message(name))
         return name
 
 
@@ -203,7 +203,7 @@ class Recipe(_Section):
             problems = list(dict.fromkeys(_describe(problem, raw) for problem in error.errors()))
             if len(problems) == 1:
                 raise RecipeError(problems[0]) from None
-            raise RecipeError("\n".join([f"{len(problems)} problems:"] + [f"  {p}" for p in problems])) from None
+            raise RecipeError.listing(problems) from None
         return recipe._with_paths_resolved(base_dir)
 
     @classmethod

@@ -18,10 +18,15 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
+import shlex
 import tempfile
 import time
+
+import yaml
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -109,8 +114,6 @@ def read_split(run_dir: str) -> dict | None:
 def saved_recipe(folder: str) -> dict | None:
     """The resolved recipe a run directory holds, as plain YAML data (no validation: its backbone may be
     registered only in the process that trained it); None where there is none."""
-    import yaml
-
     path = os.path.join(folder, RECIPE_FILE)
     if not os.path.isfile(path):
         return None
@@ -132,8 +135,6 @@ def find_resumable(runs_dir: str, recipe, run: str | None = None) -> str:
     `runs_dir` (the latest finished one when none is unfinished). Its saved recipe must match
     `recipe`; when it does not, the error names each differing field and the command that continues it.
     """
-    import glob
-
     from retail_vision.errors import UserError
     from retail_vision.recipe import Recipe
 
@@ -153,10 +154,6 @@ def find_resumable(runs_dir: str, recipe, run: str | None = None) -> str:
     saved = Recipe.from_yaml(os.path.join(chosen, RECIPE_FILE))
     differences = _differences(saved.model_dump(), recipe.model_dump())
     if differences:
-        import shlex
-
-        import yaml
-
         def inline(value) -> str:
             return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
 
@@ -170,8 +167,6 @@ def find_resumable(runs_dir: str, recipe, run: str | None = None) -> str:
 
 def _started(run_dir: str, name: str) -> tuple[str, int] | None:
     """When `create` named the run: (its time stamp, its same-second counter); None for another folder."""
-    import re
-
     match = re.fullmatch(rf"{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?", os.path.basename(run_dir))
     return (match[1], int(match[2] or 0)) if match else None
 

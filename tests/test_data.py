@@ -239,9 +239,6 @@ def test_linked_class_folders_are_followed_once_each(tmp_path):
 
 def test_webp_and_heic_photos_are_read_and_other_files_are_listed_as_skipped(tmp_path):
     import tensorflow as tf
-    from PIL import Image
-
-    import pillow_heif  # noqa: F401  (registers the HEIC writer with Pillow, through the scan's import)
 
     from retail_vision.data.pipeline import decode_image, load_and_resize
 

@@ -221,17 +221,19 @@ def test_deterministic_runs_give_identical_weights(image_folder, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_mixed_precision_keeps_a_float32_softmax(image_folder, tmp_path):
+def test_mixed_precision_keeps_a_float32_softmax_and_fit_leaves_no_process_setting_behind(image_folder, tmp_path):
     import keras
 
-    try:
-        result = run(image_folder, tmp_path, train={**tiny_recipe("", "")["train"], "mixed_precision": True,
-                                                    "fine_tune": {"epochs": 0}})
-        assert result.model.get_layer("predictions").dtype_policy.name == "float32"
-        assert get_backbone(result.model).get_layer("conv1").dtype_policy.name == "mixed_float16"
-        assert result.model.output.dtype == "float32"
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    np.random.seed(123)
+    numpy_state = np.random.get_state()[1].copy()
+    result = run(image_folder, tmp_path, train={**tiny_recipe("", "")["train"], "mixed_precision": True,
+                                                "fine_tune": {"epochs": 0}})
+    assert result.model.get_layer("predictions").dtype_policy.name == "float32"
+    assert get_backbone(result.model).get_layer("conv1").dtype_policy.name == "mixed_float16"
+    assert result.model.output.dtype == "float32"
+    # A second fit in the same notebook starts from the user's settings, not this one's.
+    assert keras.mixed_precision.global_policy().name == "float32"
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
     cpu_only = run(image_folder, tmp_path / "auto", train={**tiny_recipe("", "")["train"], "fine_tune": {"epochs": 0}})
     import tensorflow as tf
 

@@ -10,6 +10,7 @@ import os
 
 import tensorflow as tf
 
+from retail_vision.data import scan
 from retail_vision.data.sources import Examples
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -79,18 +80,8 @@ HEIF_FILES = r"(?is).*\.hei[cf]"
 
 
 def _decode_heif(path: tf.Tensor) -> tf.Tensor:
-    """HEIC/HEIF photo file -> uint8 RGB, through Pillow and pillow-heif: TensorFlow has no HEIF decoder."""
-
-    def decode(raw_path):  # a 0-d numpy array of bytes
-        import numpy as np
-        import pillow_heif
-        from PIL import Image
-
-        pillow_heif.register_heif_opener()
-        with Image.open(os.fsdecode(raw_path.item())) as image:
-            return np.asarray(image.convert("RGB"))
-
-    image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+    """HEIC/HEIF photo file -> uint8 RGB, through Pillow (the scan's pillow-heif): TensorFlow has no HEIF decoder."""
+    image = tf.numpy_function(lambda raw: scan.rgb_pixels(os.fsdecode(raw.item())), [path], tf.uint8, stateful=False)
     image.set_shape([None, None, 3])
     return image
 

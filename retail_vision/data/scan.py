@@ -10,6 +10,7 @@ import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pillow_heif
 from PIL import Image
 
@@ -60,6 +61,12 @@ def inspect_image(path: str) -> tuple[str | None, int]:
     except Exception as error:  # a hostile or broken file must not stop the scan
         return f"unreadable image ({type(error).__name__})", orientation
     return None, orientation if orientation in range(1, 9) else 1
+
+
+def rgb_pixels(path: str) -> np.ndarray:
+    """A photo's pixels as uint8 RGB [H, W, 3], decoded by Pillow (HEIF included)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def check_image(path: str) -> str | None:

@@ -35,6 +35,18 @@ class Examples:
         counter = Counter(self.labels)
         return {name: counter.get(index, 0) for index, name in enumerate(self.class_names)}
 
+    def in_classes(self, class_names: list[str]) -> tuple["Examples", dict[str, int]]:
+        """(the examples of `class_names`' classes, labels indexing `class_names`; {other class: examples left out}).
+
+        Classes are matched by name, so any order and any subset of the classes is fine.
+        """
+        index = {name: i for i, name in enumerate(class_names)}
+        counts = self.counts()
+        left_out = {name: counts[name] for name in self.class_names if name not in index}
+        kept = [i for i, label in enumerate(self.labels) if self.class_names[label] in index]
+        labels = [index[self.class_names[self.labels[i]]] for i in kept]
+        return Examples([self.paths[i] for i in kept], labels, list(class_names)), left_out
+
     def subset(self, indices: list[int]) -> "Examples":
         orientations = [self.orientations[i] for i in indices] if self.orientations is not None else None
         return Examples([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names,
@@ -199,12 +211,10 @@ def _read_class_names(path: str) -> dict[int, str]:
 
 
 def _relabel(examples: Examples, known_classes: list[str], source: str) -> Examples:
-    index = {name: i for i, name in enumerate(known_classes)}
-    unknown = [name for name in examples.class_names if name not in index]
+    matched, unknown = examples.in_classes(known_classes)
     if unknown:
-        raise DataError(f"{source}: classes not in the training data: {', '.join(unknown[:5])}")
-    labels = [index[examples.class_names[label]] for label in examples.labels]
-    return Examples(examples.paths, labels, list(known_classes))
+        raise DataError(f"{source}: classes not in the training data: {', '.join(list(unknown)[:5])}")
+    return matched
 
 
 def stratified_split(examples: Examples, fraction: float, seed: int,

@@ -137,22 +137,17 @@ def _predict_files(predict, paths, image_size, resize, batch_size):
 
 
 def matched_examples(examples: sources.Examples, labels: list[str], data: str, model: str):
-    """(`examples` of the model's classes relabelled to index its `labels`, {class the model lacks: photos}).
+    """(`examples` of the model's classes, indexing its `labels`; {class the model lacks: photos left out}).
 
-    Matched by class name. Photos of classes the model does not know are left out and counted;
     DATA with none of the model's classes is an error.
     """
-    index = {name: i for i, name in enumerate(labels)}
-    counts = examples.counts()
-    not_in_model = {name: counts[name] for name in examples.class_names if name not in index}
+    matched, not_in_model = examples.in_classes(labels)
     if len(not_in_model) == len(examples.class_names):
         raise DataError(
             f"{data}: none of its {len(not_in_model)} class(es) is a class of the model: {_preview(list(not_in_model))} "
             f"(model {model} has {len(labels)} classes: {_preview(labels)})"
         )
-    kept = [i for i, label in enumerate(examples.labels) if examples.class_names[label] in index]
-    relabelled = [index[examples.class_names[examples.labels[i]]] for i in kept]
-    return sources.Examples([examples.paths[i] for i in kept], relabelled, list(labels)), not_in_model
+    return matched, not_in_model
 
 
 # === Hierarchy: fine class -> coarse group ===

@@ -160,13 +160,10 @@ def _held_out_and_calibration(source: _Source, data, calibration_images: int, se
         held_out = source.split["validation"]
     else:
         raise UserError("export needs held-out images to check each artifact: pass --data FOLDER_OR_MANIFEST")
-    index = {name: i for i, name in enumerate(labels)}
-    unknown = sorted({held_out.class_names[label] for label in held_out.labels} - set(index))
-    if unknown:
-        raise UserError(f"held-out images: class(es) the model does not know: {', '.join(unknown[:10])}; "
+    held_out, unknown = held_out.in_classes(labels)
+    if any(unknown.values()):
+        raise UserError(f"held-out images: class(es) the model does not know: {', '.join(sorted(unknown)[:10])}; "
                         "give photos of the model's classes")
-    held_out = sources.Examples(held_out.paths, [index[held_out.class_names[label]] for label in held_out.labels],
-                                labels)
     pool = source.split["train"].paths if source.split is not None else held_out.paths  # else: the held-out images
     rng = np.random.default_rng(seed)
     calibration = [pool[i] for i in rng.permutation(len(pool))[:calibration_images]]

@@ -11,7 +11,7 @@ import keras
 
 def build_augmenter(config, seed: int) -> keras.Sequential | None:
     """A Sequential of random layers for 0..255 float images, or None when augmentation is off."""
-    if not config.enabled:
+    if not config.active:
         return None
     layers = []
     if config.flip != "none":
@@ -28,6 +28,4 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
         layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
     if config.brightness:
         layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 5))
-    if not layers:
-        return None
     return keras.Sequential(layers, name="augment")

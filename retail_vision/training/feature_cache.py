@@ -20,15 +20,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retail_vision.classifier import BACKBONE_LAYER, get_backbone
+from retail_vision.classifier import BACKBONE_LAYER, HEAD_LAYERS, POOL_LAYER, get_backbone
 from retail_vision.data import pipeline
-
-HEAD_LAYERS = ("head_dropout", "predictions")
 
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:
     """image (0..255) -> pooled backbone features, sharing the classifier's layers."""
-    pooled = classifier.get_layer("pool").output
+    pooled = classifier.get_layer(POOL_LAYER).output
     return keras.Model(classifier.input, pooled, name="feature_extractor")
 
 
@@ -37,7 +35,7 @@ def head_model(classifier: keras.Model, model_class=keras.Model) -> keras.Model:
 
     `model_class`: multi_worker.TrainingModel when it trains on several workers.
     """
-    features = keras.Input(shape=(classifier.get_layer("pool").output.shape[-1],), name="features")
+    features = keras.Input(shape=(classifier.get_layer(POOL_LAYER).output.shape[-1],), name="features")
     x = features
     for name in HEAD_LAYERS:
         x = classifier.get_layer(name)(x)
@@ -56,7 +54,7 @@ def _pooled_top(classifier: keras.Model, cut):
     """(input, pooled features) of the backbone's top from `cut`, on the classifier's own layers."""
     activations = keras.Input(shape=cut.shape[1:], name="activations")
     backbone_top = keras.Model(cut, get_backbone(classifier).output, name="backbone_top")
-    return activations, classifier.get_layer("pool")(backbone_top(activations))
+    return activations, classifier.get_layer(POOL_LAYER)(backbone_top(activations))
 
 
 def bottom_model(classifier: keras.Model, cut) -> keras.Model:
@@ -74,8 +72,8 @@ class FrozenActivations:
     """The frozen part's output for every training view and validation image, and the models that train on it.
 
     `cut`: None caches the pooled features (head phase only); a tensor from
-    `backbone_layers.fine_tune_cut` caches the bottom's output there (both phases). Activation maps are kept in float16, half
-    of float32's memory; pooled features stay float32.
+    `backbone_layers.fine_tune_cut` caches the bottom's output there (both phases). Activation
+    maps are kept in float16, half of float32's memory; pooled features stay float32.
     """
 
     def __init__(self, classifier, cut, train_ds, val_ds, augmenter, views: int, log=None):

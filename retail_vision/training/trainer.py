@@ -20,9 +20,9 @@ import keras
 import numpy as np
 
 from retail_vision import backbone_layers, calibration, run_directory
+from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.console import log
 from retail_vision.data import pipeline
-from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.planning import Plan, plan
 from retail_vision.recipe import Recipe
 from retail_vision.training import checkpointing, distribution, feature_cache, multi_worker, phases
