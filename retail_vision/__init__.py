@@ -20,6 +20,7 @@ _EXPORTS = {
     "export_model": "retail_vision.export",
     "evaluate": "retail_vision.evaluation.evaluator",
     "predict": "retail_vision.prediction",
+    "enroll": "retail_vision.enrollment",
     "UserError": "retail_vision.errors",
 }
 

@@ -3,18 +3,30 @@
 An artifact is a run directory, a `.keras` file, an exported SavedModel version directory or a
 `.tflite` file; a model in hand (a `Predictor`, or a `keras.Model` such as `fit(...).model`)
 is taken as it is. Every predictor takes RGB images already resized to its square `image_size`
-(uint8 or float 0..255, [N, H, W, 3]) and returns class probabilities [N, C] in `labels` order.
+(uint8 or float 0..255, [N, H, W, 3]) and returns class probabilities [N, C] in `labels` order;
+`classify` adds each photo's rejection score and whether it is an unknown product, when the
+artifact carries a rejection threshold (rejection.json beside it).
 This is the layer below `export` and `evaluation`: it loads, it never writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 
 from retail_vision import run_directory
 from retail_vision.errors import UserError
+from retail_vision.rejection import Rejection
+
+
+@dataclasses.dataclass
+class Classified:
+    probabilities: np.ndarray  # [N, C]
+    scores: np.ndarray | None  # [N] rejection scores; None without a rejection threshold
+    unknown: np.ndarray | None  # [N] bool: score below `threshold`
+    threshold: float | None = None
 
 
 class Predictor:
@@ -22,36 +34,83 @@ class Predictor:
 
     kind = "keras"
 
-    def __init__(self, labels: list[str], image_size: int, resize: str = "crop"):
+    def __init__(self, labels: list[str], image_size: int, resize: str = "crop", rejection: Rejection | None = None):
         self.labels = labels
         self.image_size = image_size
         self.resize = resize
+        self.rejection = rejection
 
     def predict(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def classify(self, images: np.ndarray) -> Classified:
+        """Probabilities, and unknown where the top probability is below the rejection's probability threshold.
+
+        That is what a client of the bare probabilities (a .tflite file, MediaPipe) can do; the
+        Keras model and the SavedModel compute the rejection's own score instead.
+        """
+        probabilities = self.predict(images)
+        if self.rejection is None:
+            return Classified(probabilities, None, None)
+        top = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
+        threshold = self.rejection.probability_threshold
+        return Classified(probabilities, top, top < threshold, threshold)
 
 
 class KerasPredictor(Predictor):
     kind = "keras"
 
-    def __init__(self, model, labels, resize="crop"):
+    def __init__(self, model, labels, resize="crop", rejection: Rejection | None = None):
         import tensorflow as tf
 
-        super().__init__(labels, int(model.input_shape[1]), resize)
+        super().__init__(labels, int(model.input_shape[1]), resize, rejection)
         self.model = model
         # A plain call, not model.predict: under a tf.distribute strategy (a model just trained
         # with one), predict splits and re-joins batches; a direct call computes each image once.
         self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._outputs = None  # the open-world outputs model, built on first use
 
     def predict(self, images, batch_size: int = 32):
         images = np.asarray(images, np.float32)
         batches = [self._call(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
         return np.concatenate(batches) if batches else np.zeros((0, self.model.output_shape[-1]), np.float32)
 
+    def outputs(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """{probabilities, logits, embedding} arrays; a classifier from before embeddings is a UserError."""
+        import tensorflow as tf
+
+        from retail_vision.classifier import head_kind, open_world_outputs
+
+        if self._outputs is None:
+            if head_kind(self.model) is None:
+                raise UserError("this model predates embeddings and unknown-product rejection (its head has no "
+                                "logits layer); train it again with this version of retail-vision")
+            outputs = open_world_outputs(self.model)
+            self._outputs = tf.function(lambda x: outputs(x, training=False), reduce_retracing=True)
+        images = np.asarray(images, np.float32)
+        batches = [{k: v.numpy() for k, v in self._outputs(images[i : i + batch_size]).items()}
+                   for i in range(0, len(images), batch_size)]
+        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]} if batches else {}
+
+    def classify(self, images) -> Classified:
+        if self.rejection is None:
+            return Classified(self.predict(images), None, None)
+        from retail_vision.classifier import class_directions
+        from retail_vision.rejection import rejection_scores
+
+        outputs, threshold = self.outputs(images), self.rejection.threshold
+        if not outputs:
+            return Classified(np.zeros((0, len(self.labels)), np.float32), np.zeros(0), np.zeros(0, bool), threshold)
+        scores = np.asarray(rejection_scores(self.rejection.score, outputs["probabilities"], outputs["logits"],
+                                             outputs["embedding"], class_directions(self.model)))
+        return Classified(outputs["probabilities"], scores, self.rejection.unknown(scores), threshold)
+
 
 def load_model(path: str):
     """Return (keras.Model, class names) from a run directory or a `.keras` file (Keras safe mode)."""
     import keras
+
+    from retail_vision import classifier  # noqa: F401 - registers the cosine head's layer for loading
 
     model_file, labels_file = _keras_paths(path)
     if not os.path.isfile(model_file):
@@ -95,6 +154,15 @@ class SavedModelRunner:
 
         return self.serve_bytes(image_bytes=tf.constant(encoded))["probabilities"].numpy()
 
+    def outputs(self, images, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Every output of `serve_images` (probabilities, embedding, score, unknown, labels, scores), as arrays."""
+        import tensorflow as tf
+
+        batches = [{k: v.numpy() for k, v in self.serve_images(images=tf.constant(images[i : i + batch_size],
+                                                                                   tf.uint8)).items()}
+                   for i in range(0, len(images), batch_size)]
+        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]} if batches else {}
+
 
 class TFLiteRunner:
     """Runs a `.tflite` file with LiteRT (ai_edge_litert), one image per invoke."""
@@ -127,10 +195,18 @@ class SavedModelPredictor(Predictor):
     def __init__(self, directory: str):
         self.runner = SavedModelRunner(directory)
         labels = run_directory.read_labels(os.path.join(directory, "assets", run_directory.LABELS_FILE))
-        super().__init__(labels, self.runner.image_size, resize_mode(directory))
+        super().__init__(labels, self.runner.image_size, resize_mode(directory), Rejection.read(directory))
 
     def predict(self, images):
         return self.runner.predict(np.asarray(images, np.uint8))
+
+    def classify(self, images) -> Classified:
+        if self.rejection is None or "unknown" not in self.runner.serve_images.structured_outputs:
+            return super().classify(images)
+        outputs, threshold = self.runner.outputs(np.asarray(images, np.uint8)), self.rejection.threshold
+        if not outputs:
+            return Classified(np.zeros((0, len(self.labels)), np.float32), np.zeros(0), np.zeros(0, bool), threshold)
+        return Classified(outputs["probabilities"], outputs["score"], outputs["unknown"], threshold)
 
 
 class TFLitePredictor(Predictor):
@@ -141,7 +217,7 @@ class TFLitePredictor(Predictor):
         labels_file = os.path.join(os.path.dirname(path), run_directory.LABELS_FILE)
         labels = run_directory.read_labels(labels_file) if os.path.isfile(labels_file) else None
         super().__init__(labels or [str(i) for i in range(self.runner.output["shape"][-1])], self.runner.image_size,
-                         resize_mode(path))
+                         resize_mode(path), _file_rejection(path))
 
     def predict(self, images):
         return self.runner.predict(np.clip(np.round(images), 0, 255).astype(np.uint8))
@@ -190,13 +266,31 @@ def load_predictor(model) -> Predictor:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return SavedModelPredictor(path)
     model, labels = load_model(path)
-    return KerasPredictor(model, labels, resize_mode(path))
+    return KerasPredictor(model, labels, resize_mode(path), Rejection.read(_folder(path)))
 
 
 def _keras_paths(path: str) -> tuple[str, str]:
     if os.path.isdir(path):
         return os.path.join(path, run_directory.MODEL_FILE), os.path.join(path, run_directory.LABELS_FILE)
     return path, os.path.join(os.path.dirname(path), run_directory.LABELS_FILE)
+
+
+def _file_rejection(path: str) -> Rejection | None:
+    """The version's rejection, with the probability threshold export set for this very file (int8 rounds)."""
+    import json
+
+    folder = os.path.dirname(os.path.abspath(path))
+    rejection, report = Rejection.read(folder), os.path.join(folder, "export_report.json")
+    if rejection is None or not os.path.isfile(report):
+        return rejection
+    with open(report, encoding="utf-8") as handle:
+        rows = json.load(handle)["artifacts"]
+    threshold = next((r.get("score_threshold") for r in rows if r["files"] == [os.path.basename(path)]), None)
+    return dataclasses.replace(rejection, probability_threshold=threshold) if threshold is not None else rejection
+
+
+def _folder(path: str) -> str:
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
 
 
 def resize_mode(path: str) -> str:

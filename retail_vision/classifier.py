@@ -2,6 +2,12 @@
 
 The classifier takes RGB images in 0..255 (float32; uint8 values cast) at a fixed square
 size, so exported models and scripts never repeat normalisation constants.
+
+Two heads turn pooled features into logits:
+- `softmax`: a Dense layer (weights and biases of any scale);
+- `cosine`: scale * cos(features, class vector): every class is a unit direction in feature
+  space, so a class added later from the mean embedding of a few photos (`enroll`) is on the
+  same scale as the trained ones.
 """
 
 from __future__ import annotations
@@ -9,10 +15,39 @@ from __future__ import annotations
 import keras
 
 from retail_vision import backbones
+from retail_vision.recipe import HEADS
 
 BACKBONE_LAYER = "backbone"  # the nested backbone model's name inside every classifier
 POOL_LAYER = "pool"  # pooled backbone features
-HEAD_LAYERS = ("head_dropout", "predictions")  # pooled features -> dropout -> Dense softmax (the logits inside)
+LOGITS_LAYER = "logits"
+HEAD_LAYERS = ("head_dropout", LOGITS_LAYER, "predictions")  # pooled features -> dropout -> logits -> softmax
+COSINE_SCALE = 16.0  # logits of the cosine head before calibration: cos 1 vs cos 0 is a 16-nat margin
+
+
+@keras.saving.register_keras_serializable(package="retail_vision")
+class CosineLogits(keras.layers.Layer):
+    """logits[c] = scale[c] * cos(features, kernel[:, c]) + bias[c].
+
+    Trained classes share one scale and a zero bias; neither is trained. Calibration divides
+    both by the temperature; an enrolled class gets its own scale and bias (enrollment.py).
+    """
+
+    def __init__(self, units: int, scale: float = COSINE_SCALE, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.initial_scale = units, scale
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units), initializer="glorot_uniform")
+        self.scale = self.add_weight(name="scale", shape=(self.units,), trainable=False,
+                                     initializer=keras.initializers.Constant(self.initial_scale))
+        self.bias = self.add_weight(name="bias", shape=(self.units,), trainable=False, initializer="zeros")
+
+    def call(self, features):
+        directions = keras.ops.normalize(self.kernel, axis=0)
+        return self.scale * keras.ops.matmul(keras.ops.normalize(features, axis=-1), directions) + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "scale": self.initial_scale}
 
 
 def build_classifier(
@@ -22,8 +57,11 @@ def build_classifier(
     dropout: float = 0.2,
     image_size: int | None = None,
     name: str = "classifier",
+    head: str = "softmax",
 ) -> keras.Model:
-    """image (0..255) -> preprocessing -> backbone -> pooling -> dropout -> Dense softmax (float32)."""
+    """image (0..255) -> preprocessing -> backbone -> pooling -> dropout -> logits -> softmax (float32)."""
+    if head not in HEADS:
+        raise ValueError(f"head: {head!r}; choose from {', '.join(HEADS)}")
     spec = backbones.get(backbone)
     size = image_size or spec.input_size
 
@@ -33,14 +71,59 @@ def build_classifier(
     preprocess = keras.layers.Rescaling(spec.scale, spec.offset, name="preprocess")
     pool = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)
     head_dropout = keras.layers.Dropout(dropout, name=HEAD_LAYERS[0])
-    predictions = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_LAYERS[1])
+    if head == "cosine":
+        logits = CosineLogits(num_classes, dtype="float32", name=LOGITS_LAYER)
+    else:
+        logits = keras.layers.Dense(num_classes, dtype="float32", name=LOGITS_LAYER)
+    predictions = keras.layers.Softmax(dtype="float32", name=HEAD_LAYERS[2])
 
     # === Functional Model ===
     images = keras.Input(shape=(size, size, 3), name="image")
     features = feature_extractor(preprocess(images))
-    outputs = predictions(head_dropout(pool(features)))
+    outputs = predictions(logits(head_dropout(pool(features))))
     return keras.Model(images, outputs, name=name)
 
 
 def get_backbone(classifier: keras.Model) -> keras.Model:
     return classifier.get_layer(BACKBONE_LAYER)
+
+
+def head_kind(classifier: keras.Model) -> str | None:
+    """'softmax' or 'cosine'; None for a classifier from before the logits layer (one Dense softmax)."""
+    try:
+        layer = classifier.get_layer(LOGITS_LAYER)
+    except ValueError:
+        return None
+    return "cosine" if isinstance(layer, CosineLogits) else "softmax"
+
+
+def divide_logits(classifier: keras.Model, temperature: float) -> None:
+    """logits / temperature, in the weights: the Dense kernel and bias, or the cosine scale and bias."""
+    layer = classifier.get_layer(LOGITS_LAYER)
+    kernel, *rest = layer.get_weights()
+    if isinstance(layer, CosineLogits):  # its directions are normalised: dividing the kernel would change nothing
+        layer.set_weights([kernel, *(w / temperature for w in rest)])
+    else:
+        layer.set_weights([kernel / temperature, *(w / temperature for w in rest)])
+
+
+def open_world_outputs(classifier: keras.Model) -> keras.Model:
+    """image -> {probabilities, logits, embedding (L2-normalised pooled features)}, on the classifier's layers.
+
+    A classifier from before the logits layer gives its probabilities only.
+    """
+    if head_kind(classifier) is None:
+        return keras.Model(classifier.input, {"probabilities": classifier.output}, name="open_world_outputs")
+    pooled = classifier.get_layer(POOL_LAYER).output
+    embedding = keras.layers.UnitNormalization(dtype="float32", name="embedding")(pooled)
+    return keras.Model(classifier.input, {"probabilities": classifier.output, "embedding": embedding,
+                                          "logits": classifier.get_layer(LOGITS_LAYER).output},
+                       name="open_world_outputs")
+
+
+def class_directions(classifier: keras.Model):
+    """[D, C] unit class vectors of the head (the cosine head's directions, or the Dense kernel's columns)."""
+    import numpy as np
+
+    kernel = np.asarray(classifier.get_layer(LOGITS_LAYER).get_weights()[0], np.float32)
+    return kernel / np.linalg.norm(kernel, axis=0, keepdims=True)

@@ -131,8 +131,10 @@ def _duration(seconds: float) -> str:
 @click.option("--class-names", type=click.Path(dir_okay=False), help="Class-name file for a manifest of label ids.")
 @click.option("--hierarchy", type=click.Path(dir_okay=False),
               help="Fine -> coarse CSV like Grocery Store's classes.csv (default: one found next to DATA).")
+@click.option("--classes", type=click.Choice(["all", "known"]), default="all", show_default=True,
+              help="all: photos of classes the model does not know are scored as unknown products; known: left out.")
 @_user_errors_exit_2
-def evaluate(model, data, as_json, report_dir, class_names, hierarchy):
+def evaluate(model, data, as_json, report_dir, class_names, hierarchy, classes):
     """Score MODEL (run dir, .keras, SavedModel, .tflite) on DATA (folder or manifest; default: a run's validation files)."""
     import json
 
@@ -140,7 +142,8 @@ def evaluate(model, data, as_json, report_dir, class_names, hierarchy):
     from retail_vision.evaluation.evaluator import evaluate as run_evaluate
     from retail_vision.evaluation.report import format_summary
 
-    results = run_evaluate(model, data, report_dir=report_dir, class_names=class_names, hierarchy=hierarchy)
+    results = run_evaluate(model, data, report_dir=report_dir, class_names=class_names, hierarchy=hierarchy,
+                           classes=classes)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
@@ -175,6 +178,28 @@ def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_dro
 
 @main.command()
 @click.argument("model", type=click.Path())
+@click.argument("photos", type=click.Path(), required=False)
+@click.option("--output", help="Folder of exported models (default: the version's own, or the run recipe's export.output).")
+@click.option("--name", help="Model name (default: the source's).")
+@click.option("--replace", is_flag=True, help="Re-learn classes the model already has from PHOTOS.")
+@click.option("--remove", multiple=True, metavar="LABEL", help="Drop a class (repeat for several).")
+@click.option("--class-names", type=click.Path(dir_okay=False), help="Class-name file for a manifest of label ids.")
+@_user_errors_exit_2
+def enroll(model, photos, output, name, replace, remove, class_names):
+    """Teach MODEL (run dir or exported version) the products in PHOTOS (one folder per product), no training.
+
+    Writes the next export version; its folder is the last line on stdout.
+    """
+    _quiet_tensorflow()
+    from retail_vision.enrollment import enroll as run_enroll
+
+    result = run_enroll(model, photos, output=output, name=name, replace=replace, remove=tuple(remove),
+                        class_names=class_names)
+    click.echo(result.version_dir)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
@@ -186,6 +211,7 @@ def predict(model, images, top_k, as_json, imagenet):
 
     _quiet_tensorflow()
     from retail_vision.prediction import as_json as to_json
+    from retail_vision.prediction import as_text
     from retail_vision.prediction import predict as run_predict
 
     predictions, failures = run_predict(model, list(images), top_k=top_k, imagenet=imagenet)
@@ -193,8 +219,7 @@ def predict(model, images, top_k, as_json, imagenet):
         click.echo(json.dumps(to_json(predictions, failures), indent=2))
     else:
         for prediction in predictions:
-            ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
-            click.echo(f"{prediction.file}: {ranked}")
+            click.echo(as_text(prediction))
     for file, reason in failures:
         click.echo(f"error: {file}: {reason}", err=True)
     if failures:

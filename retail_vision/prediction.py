@@ -1,7 +1,8 @@
 """`predict`: any artifact, images or folders of images -> top-k classes per file.
 
 The output format is the same for every artifact kind; unreadable files are reported one by
-one and the rest are still predicted.
+one and the rest are still predicted. A model with a rejection threshold (rejection.json)
+answers `unknown`, with the photo's rejection score, for a product it does not know.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from retail_vision.data.sources import IMAGE_EXTENSIONS
 class Prediction:
     file: str
     top_k: list[tuple[str, float]]  # (label, probability), best first
+    unknown: bool = False  # below the model's rejection threshold: not one of its products
+    score: float | None = None  # the rejection score; None for a model without a threshold
 
 
 def predict(model: str, inputs: list[str], top_k: int = 5, batch_size: int = 32, imagenet: bool = False):
@@ -37,9 +40,15 @@ def predict(model: str, inputs: list[str], top_k: int = 5, batch_size: int = 32,
         readable = [path for path in chunk if path not in failed]
         if not readable:
             continue
-        for path, probabilities in zip(readable, predictor.predict(images)):
+        classified = predictor.classify(images)
+        for row, (path, probabilities) in enumerate(zip(readable, classified.probabilities)):
             best = probabilities.argsort()[::-1][: min(top_k, len(predictor.labels))]
-            predictions.append(Prediction(path, [(predictor.labels[i], float(probabilities[i])) for i in best]))
+            ranked = [(predictor.labels[i], float(probabilities[i])) for i in best]
+            if classified.scores is None:
+                predictions.append(Prediction(path, ranked))
+            else:
+                predictions.append(Prediction(path, ranked, bool(classified.unknown[row]),
+                                              float(classified.scores[row])))
     return predictions, failures
 
 
@@ -57,10 +66,19 @@ def _image_files(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     return files, failures
 
 
+def as_text(prediction: Prediction) -> str:
+    """`file: label 0.912, label 0.041, ...`, or `file: unknown (score 0.310); closest: label 0.412, ...`."""
+    ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
+    if prediction.unknown:
+        return f"{prediction.file}: unknown (score {prediction.score:.3f}); closest: {ranked}"
+    return f"{prediction.file}: {ranked}"
+
+
 def as_json(predictions: list[Prediction], failures: list[tuple[str, str]]) -> dict:
     return {
         "predictions": [
-            {"file": p.file, "top_k": [{"label": label, "score": score} for label, score in p.top_k]}
+            {"file": p.file, "unknown": p.unknown, "rejection_score": p.score,
+             "top_k": [{"label": label, "score": score} for label, score in p.top_k]}
             for p in predictions
         ],
         "failures": [{"file": file, "reason": reason} for file, reason in failures],

@@ -20,6 +20,8 @@ from retail_vision import backbones
 from retail_vision.errors import RecipeError
 
 TFLITE_KINDS = ("float32", "float16", "dynamic", "int8")  # the TFLite files export can write
+HEADS = ("softmax", "cosine")  # classifier heads (classifier.py says what each is)
+REJECTION_SCORES = ("msp", "max_logit", "energy", "cosine")  # unknown-product scores (rejection.py)
 
 
 class _Section(BaseModel):
@@ -63,6 +65,10 @@ class ModelConfig(_Section):
     backbone: str = Field("efficientnet_lite0", description="registry name; `retail-vision backbones` lists them")
     weights: str = Field("imagenet", description="'imagenet', 'none' (random init) or a path to a .weights.h5 file")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the classification layer")
+    head: Literal[HEADS] = Field(
+        "softmax", description="'softmax': a Dense layer; 'cosine': scaled cosine to unit class vectors, the scale "
+        "an enrolled class shares with the trained ones"
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -147,6 +153,16 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="per phase")
 
 
+class RejectionConfig(_Section):
+    score: Literal[REJECTION_SCORES] = Field(
+        "msp", description="what says 'unknown product': msp (top probability), max_logit, energy (log-sum-exp of "
+        "the logits), cosine (embedding to the nearest class vector)"
+    )
+    keep_known: float = Field(
+        0.95, gt=0.0, le=1.0, description="share of the validation photos (known products) the threshold accepts"
+    )
+
+
 class ExportConfig(_Section):
     enabled: bool = Field(False, description="export at the end of `fit` (as `retail-vision export RUN_DIR` would)")
     output: str = Field("exported_models", description="folder of exported models: <output>/<name>/<version>/")
@@ -178,6 +194,7 @@ class Recipe(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="backbone and head")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training-time augmentation")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the two training phases")
+    rejection: RejectionConfig = Field(default_factory=RejectionConfig, description="answering 'unknown product'")
     export: ExportConfig = Field(default_factory=ExportConfig, description="artifacts written after training")
     distribute: DistributeConfig = Field(default_factory=DistributeConfig, description="devices and hosts")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")

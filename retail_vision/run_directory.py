@@ -90,10 +90,20 @@ def split_json(data) -> str:
     if data.train is None:
         split = {"class_names": data.class_names, "tfds_splits": list(data.tfds_splits)}
     else:
-        parts = {"train": data.train, "validation": data.validation, "test": data.test}
-        split = {"class_names": data.class_names, **{part: {"paths": examples.paths, "labels": examples.labels}
-                                                     for part, examples in parts.items() if examples is not None}}
+        split = _split_document(data.class_names, {"train": data.train, "validation": data.validation,
+                                                    "test": data.test})
     return json.dumps(split, indent=1) + "\n"
+
+
+def write_split(folder: str, parts: dict) -> None:
+    """split.json of {"train", "validation"[, "test"]: Examples} sharing their class names (an export version's)."""
+    class_names = next(iter(parts.values())).class_names
+    write_text(folder, SPLIT_FILE, json.dumps(_split_document(class_names, parts), indent=1) + "\n")
+
+
+def _split_document(class_names: list[str], parts: dict) -> dict:
+    return {"class_names": list(class_names), **{part: {"paths": examples.paths, "labels": examples.labels}
+                                                 for part, examples in parts.items() if examples is not None}}
 
 
 def read_split(run_dir: str) -> dict | None:

@@ -12,9 +12,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "retail_vision"
 # Bottom to top. A unit is a top-level module or package of retail_vision.
 LAYERS = [
     {"errors", "console"},
-    {"backbones", "recipe", "data", "run_directory", "classifier", "backbone_layers"},
+    {"backbones", "recipe", "data", "run_directory", "classifier", "backbone_layers", "rejection"},
     {"planning", "artifacts"},
     {"training", "export", "evaluation", "prediction", "calibration"},
+    {"enrollment"},
     {"cli", "__init__"},
 ]
 LAYER_OF = {unit: depth for depth, units in enumerate(LAYERS) for unit in units}

@@ -4,7 +4,8 @@ The metrics dict (returned, written to metrics.json, printed by `retail-vision e
 
     model              the MODEL argument (for a run's own report: its run directory)
     data               the DATA argument (for a run's own report: where its validation images are)
-    classes_not_in_model  {class: photos} of DATA's classes the model does not know: left out
+    classes_not_in_model  {class: photos} of DATA's classes the model does not know: scored as unknown
+                       products when the model has a rejection threshold (see open_world), else left out
     images             images scored
     skipped_files      [{path, reason}]: unreadable images, left out of every number
     classes            the model's class count
@@ -22,11 +23,16 @@ The metrics dict (returned, written to metrics.json, printed by `retail-vision e
     per_class          {class: {precision, recall, f1, support}} for every model class, in label order;
                        null where undefined (recall and f1 of a class DATA has no images of)
     top_confusions     [{true, predicted, count}], most frequent first, at most 20
+    open_world         null, or how the model's rejection score tells DATA's known photos from the photos of
+                       classes it does not know: {score, known_images, unknown_images, threshold, known_accepted,
+                       unknown_rejected, accuracy_at_threshold (known accepted with the right class + unknown
+                       rejected, over all), auroc, fpr_at_95_tpr (unknown photos accepted when 95% of known are)}
 
 Ties between equal probabilities go to the lowest class index, as numpy's argmax.
 DATA's class names are matched to the model's labels by name, so any folder or manifest can be
-scored, in any order, with any subset of the classes (one class too); photos of classes the model
-does not know are left out of every number and listed in `classes_not_in_model`.
+scored, in any order, with any subset of the classes (one class too). Photos of classes the model
+does not know are left out of the closed-set numbers and listed in `classes_not_in_model`; with
+`classes="all"` and a model that can answer "unknown", they are scored as unknowns (open_world).
 A Grocery-Store-style `classes.csv` (fine name, fine id, coarse name, ...) in DATA's folder or up
 to two folders above it is used as the hierarchy unless one is given.
 """
@@ -49,18 +55,21 @@ HIERARCHY_SEARCH_DEPTH = 3  # DATA's folder, its parent, its grandparent: grocer
 
 
 def evaluate(model, data=None, report_dir: str | None = None, class_names: str | None = None,
-             hierarchy: str | None = None, top_k: int = 5, batch_size: int = 32) -> dict:
+             hierarchy: str | None = None, top_k: int = 5, batch_size: int = 32, classes: str = "all") -> dict:
     """Score MODEL on DATA.
 
     MODEL: any artifact `load_predictor` takes (a path, a `Predictor` such as `fit(...).predictor`,
     a `keras.Model`). DATA: a folder or a manifest, labelled `Examples`, or None for a run
     directory's own validation files (its split.json). Writes a report folder when `report_dir`
     is given; returns the metrics dict described above. `class_names` is the class-name file for
-    a manifest whose labels are ids.
+    a manifest whose labels are ids. `classes`: "all" scores photos of classes the model does not
+    know as unknown products (when it has a rejection threshold); "known" leaves them out.
     """
     from retail_vision.artifacts import load_predictor
 
     _check_positive(top_k=top_k, batch_size=batch_size)
+    if classes not in ("all", "known"):
+        raise UserError(f"classes: {classes!r}; choose 'all' (other classes scored as unknown products) or 'known'")
     predictor = load_predictor(model)
     model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else f"in-memory {predictor.kind} model"
     if data is None:
@@ -71,14 +80,21 @@ def evaluate(model, data=None, report_dir: str | None = None, class_names: str |
         examples, data_name = sources.load_examples(data, class_names, min_classes=1), os.fspath(data)
     if data_name is None:  # files in hand: name them by the folder they share
         data_name = os.path.commonpath([os.path.dirname(path) for path in examples.paths])
+    everything = examples
     examples, not_in_model = matched_examples(examples, predictor.labels, data_name, model_name)
-    if not_in_model:
+    open_world = bool(not_in_model) and classes == "all" and predictor.rejection is not None
+    unknown_paths = [p for p, label in zip(everything.paths, everything.labels)
+                     if everything.class_names[label] in not_in_model] if open_world else []
+    if open_world:
+        print(f"[retail-vision] scoring {len(unknown_paths)} photo(s) of {len(not_in_model)} class(es) the model "
+              f"does not know as unknown products: {_preview(sorted(not_in_model))}", file=sys.stderr)
+    elif not_in_model:
         print(f"[retail-vision] left out {sum(not_in_model.values())} photo(s) of {len(not_in_model)} class(es) "
               f"the model does not know: {_preview(sorted(not_in_model))}", file=sys.stderr)
     coarse_of, hierarchy_file = _hierarchy(hierarchy, data_name, predictor.labels)
     history = _read_history(model) if isinstance(model, (str, os.PathLike)) else None
     return _score(
-        predictor.predict, predictor.labels, predictor.image_size, predictor.resize, examples,
+        predictor, examples, unknown_paths,
         description={"model": model_name, "data": data_name, "hierarchy": hierarchy_file,
                      "classes_not_in_model": not_in_model}, coarse_of=coarse_of,
         groups=coarse_of or _folder_groups(examples, data_name), history=history,
@@ -98,9 +114,10 @@ def _run_validation(model) -> sources.Examples:
     return split["validation"]
 
 
-def _score(predict, labels, image_size, resize, examples, description, coarse_of, groups, history,
-           report_dir, top_k, batch_size) -> dict:
-    probs, kept, skipped = _predict_files(predict, examples.paths, image_size, resize, batch_size)
+def _score(predictor, examples, unknown_paths, description, coarse_of, groups, history, report_dir, top_k,
+           batch_size) -> dict:
+    labels = predictor.labels
+    probs, scores, kept, skipped, threshold = _predict_files(predictor, examples.paths, batch_size)
     if not kept:
         first = skipped[0]
         raise DataError(f"{description['data']}: none of the {len(skipped)} images could be read "
@@ -108,32 +125,44 @@ def _score(predict, labels, image_size, resize, examples, description, coarse_of
     paths = [examples.paths[i] for i in kept]
     y_true = np.array([examples.labels[i] for i in kept])
     results = {**description, "images": len(kept), "skipped_files": skipped, "classes": len(labels),
-               **metrics_lib.compute(y_true, probs, labels, coarse_of)}
+               **metrics_lib.compute(y_true, probs, labels, coarse_of), "open_world": None}
+    open_set_scores = None
+    if unknown_paths:
+        _, unknown_scores, _, unknown_skipped, _ = _predict_files(predictor, unknown_paths, batch_size)
+        results["skipped_files"] += unknown_skipped
+        results["open_world"] = {"score": predictor.rejection.score, **metrics_lib.open_set(
+            scores, unknown_scores, probs.argmax(axis=1) == y_true, threshold)}
+        open_set_scores = (scores, unknown_scores, threshold)
     if report_dir:
         from retail_vision.evaluation.report import write_report  # matplotlib only when a report is asked for
 
-        write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history)
+        write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history, open_set_scores)
     return results
 
 
-def _predict_files(predict, paths, image_size, resize, batch_size):
-    """Load and predict in batches (a whole val set of decoded photos would not fit in memory).
+def _predict_files(predictor, paths, batch_size):
+    """Load and classify in batches (a whole val set of decoded photos would not fit in memory).
 
-    Returns (probs [N, C] of the readable files, their indices into `paths`, skipped files).
+    Returns (probs [N, C] of the readable files, their rejection scores [N] or None, their indices
+    into `paths`, skipped files, the rejection threshold or None).
     """
     from retail_vision.artifacts import load_images
 
-    all_probs, kept, skipped = [], [], []
+    all_probs, all_scores, kept, skipped, threshold = [], [], [], [], None
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
-        images, failures = load_images(batch, image_size, resize)
+        images, failures = load_images(batch, predictor.image_size, predictor.resize)
         failed = {path for path, _ in failures}
         skipped += [{"path": path, "reason": reason} for path, reason in failures]
         kept += [start + i for i, path in enumerate(batch) if path not in failed]
         if len(images):
-            all_probs.append(np.asarray(predict(images), dtype=np.float64))
+            classified = predictor.classify(images)
+            all_probs.append(np.asarray(classified.probabilities, dtype=np.float64))
+            if classified.scores is not None:
+                all_scores.append(np.asarray(classified.scores, np.float64))
+                threshold = classified.threshold
     probs = np.concatenate(all_probs) if all_probs else np.zeros((0, 0))
-    return probs, kept, skipped
+    return probs, np.concatenate(all_scores) if all_scores else None, kept, skipped, threshold
 
 
 def matched_examples(examples: sources.Examples, labels: list[str], data: str, model: str):

@@ -123,6 +123,32 @@ def compute(y_true, probs, labels: list[str], coarse_of: dict[str, str] | None =
     }
 
 
+def open_set(known_scores, unknown_scores, known_correct, threshold: float) -> dict:
+    """How well a rejection score tells known products (higher) from unknown ones, and the operating point.
+
+    auroc: chance that a known photo outscores an unknown one. fpr_at_95_tpr: share of unknown
+    photos accepted at the score that accepts 95% of the known ones. At `threshold`: known
+    photos accepted, unknown photos rejected, and accuracy = (known photos accepted with the right
+    class + unknown photos rejected) / all photos.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    known_scores, unknown_scores = np.asarray(known_scores, np.float64), np.asarray(unknown_scores, np.float64)
+    accepted, rejected = known_scores >= threshold, unknown_scores < threshold
+    result = {"known_images": int(len(known_scores)), "unknown_images": int(len(unknown_scores)),
+              "threshold": float(threshold), "known_accepted": float(np.mean(accepted)),
+              "unknown_rejected": float(np.mean(rejected)) if len(unknown_scores) else None,
+              "accuracy_at_threshold": float((np.sum(accepted & np.asarray(known_correct)) + np.sum(rejected))
+                                             / (len(known_scores) + len(unknown_scores))),
+              "auroc": None, "fpr_at_95_tpr": None}
+    if len(known_scores) and len(unknown_scores):
+        truth = np.r_[np.ones(len(known_scores)), np.zeros(len(unknown_scores))]
+        scores = np.r_[known_scores, unknown_scores]
+        fpr, tpr, _ = roc_curve(truth, scores)
+        result.update(auroc=float(roc_auc_score(truth, scores)), fpr_at_95_tpr=float(fpr[np.searchsorted(tpr, 0.95)]))
+    return result
+
+
 def _json_number(value):
     """NaN (undefined) becomes None, which JSON writes as null; counts stay ints."""
     if isinstance(value, (np.integer, int)):

@@ -121,6 +121,18 @@ def plot_reliability(bins: dict, ece: float, path: str) -> None:
     _save(fig, path)
 
 
+def plot_open_set(known_scores, unknown_scores, threshold: float, score: str, path: str) -> None:
+    """Histograms of the rejection score of known and unknown products, and the threshold between them."""
+    fig, ax = _figure(figsize=(7, 4))
+    bins = np.histogram_bin_edges(np.r_[known_scores, unknown_scores], bins=40)
+    ax.hist(known_scores, bins=bins, alpha=0.6, color="tab:blue", label=f"known products ({len(known_scores)})")
+    ax.hist(unknown_scores, bins=bins, alpha=0.6, color="tab:red", label=f"unknown products ({len(unknown_scores)})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}: below is 'unknown'")
+    ax.set(xlabel=f"rejection score ({score})", ylabel="photos", title="Known and unknown products")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def plot_training_curves(history: dict, path: str) -> None:
     """Loss and accuracy per epoch, train and validation, with the head/fine-tune boundary marked."""
     epochs = np.arange(1, len(history.get("loss", [])) + 1)

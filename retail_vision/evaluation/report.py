@@ -6,6 +6,7 @@
         predictions.csv        file,true,predicted,confidence,top_k   (top_k: 'label:prob|label:prob...')
         confusion_matrix.csv   counts; rows true classes, columns predicted classes, model label order
         confusion_matrix.png, worst_mistakes.png, reliability.png
+        open_set.png           only when photos of unknown products were scored: both score histograms
         training_curves.png    only when the model comes with its run's history.json
 
 No TensorFlow here: the report is built from file paths, labels and probabilities.
@@ -30,13 +31,18 @@ PICTURES = {  # file -> section title, in report order
     "confusion_matrix.png": "Confusion matrix",
     "worst_mistakes.png": "Most confident mistakes",
     "reliability.png": "Calibration",
+    "open_set.png": "Known and unknown products",
     "training_curves.png": "Training curves",
 }
 
 
 def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs, labels: list[str],
-                 top_k: int = 5, groups: dict[str, str] | None = None, history: dict | None = None) -> None:
-    """Write every file of the report; `results` is the metrics dict, `groups` orders the matrix."""
+                 top_k: int = 5, groups: dict[str, str] | None = None, history: dict | None = None,
+                 open_set_scores: tuple | None = None) -> None:
+    """Write every file of the report; `results` is the metrics dict, `groups` orders the matrix.
+
+    `open_set_scores`: (known photos' rejection scores, unknown photos', threshold), when scored.
+    """
     os.makedirs(report_dir, exist_ok=True)
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)
@@ -53,6 +59,8 @@ def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs
     )
     plots.plot_reliability(metrics_lib.calibration_bins(y_true, probs), results["ece"],
                            os.path.join(report_dir, "reliability.png"))
+    if open_set_scores is not None:
+        plots.plot_open_set(*open_set_scores, results["open_world"]["score"], os.path.join(report_dir, "open_set.png"))
     if history and history.get("loss"):
         plots.plot_training_curves(history, os.path.join(report_dir, "training_curves.png"))
     pictures = [name for name in PICTURES if os.path.isfile(os.path.join(report_dir, name))]
@@ -106,9 +114,22 @@ SUMMARY_ROWS = [  # (key, label, format)
 ]
 
 
+OPEN_WORLD_ROWS = [  # (key of results["open_world"], label, format)
+    ("auroc", "unknown products: AUROC", "{:.3f}"),
+    ("fpr_at_95_tpr", "unknown accepted at 95% known kept", "{:.2%}"),
+    ("known_accepted", "known photos accepted", "{:.2%}"),
+    ("unknown_rejected", "unknown photos rejected", "{:.2%}"),
+    ("accuracy_at_threshold", "open-world accuracy at threshold", "{:.2%}"),
+]
+
+
 def summary_rows(results: dict) -> list[tuple[str, str]]:
-    return [(label, fmt.format(results[key]) if results.get(key) is not None else "n/a (no hierarchy)")
+    rows = [(label, fmt.format(results[key]) if results.get(key) is not None else "n/a (no hierarchy)")
             for key, label, fmt in SUMMARY_ROWS]
+    if results.get("open_world"):
+        rows += [(label, fmt.format(results["open_world"][key]) if results["open_world"][key] is not None else "n/a")
+                 for key, label, fmt in OPEN_WORLD_ROWS]
+    return rows
 
 
 def format_summary(results: dict, confusions: int = CONFUSIONS_SHOWN) -> str:
@@ -131,7 +152,8 @@ def format_summary(results: dict, confusions: int = CONFUSIONS_SHOWN) -> str:
 def _not_in_model(results: dict) -> str:
     left_out, shown = results["classes_not_in_model"], 10  # all of them are in metrics.json
     names = ", ".join(sorted(left_out)[:shown]) + (f", ... ({len(left_out) - shown} more)" if len(left_out) > shown else "")
-    return f"left out: {sum(left_out.values())} photo(s) of {len(left_out)} class(es) the model does not know ({names})"
+    how = "scored as unknown products" if results.get("open_world") else "left out"
+    return f"{how}: {sum(left_out.values())} photo(s) of {len(left_out)} class(es) the model does not know ({names})"
 
 
 def markdown(results: dict, pictures: list[str]) -> str:

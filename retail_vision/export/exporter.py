@@ -1,7 +1,8 @@
 """`export_model`: a trained model -> `exported_models/<name>/<version>/`, parity-checked.
 
 The version folder holds the SavedModel (TF Serving), labels.txt, the requested TFLite files
-and export_report.json. It is published (renamed into place) only after every artifact ran on
+(a classifier and an embedder per kind), model.keras (what `enroll` extends), rejection.json and
+export_report.json. It is published (renamed into place) only after every artifact ran on
 held-out images; an int8 file that loses more than `max_int8_drop` points fails the export.
 """
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from retail_vision import run_directory
 from retail_vision.artifacts import KerasPredictor, SavedModelRunner, TFLiteRunner, load_images, load_predictor
+from retail_vision.classifier import class_directions, head_kind
 from retail_vision.console import log
 from retail_vision.data import sources
 from retail_vision.errors import ParityError, UserError
@@ -23,6 +25,7 @@ from retail_vision.export import parity, tflite, tflite_metadata, versioning
 from retail_vision.export.parity import HeldOut
 from retail_vision.export.saved_model import write_saved_model
 from retail_vision.recipe import ExportConfig
+from retail_vision.rejection import threshold_keeping
 
 REPORT_FILE = "export_report.json"
 DEFAULTS = ExportConfig()  # the recipe's export defaults, for calls that come without a recipe
@@ -44,16 +47,20 @@ def export_model(
     max_int8_drop: float = DEFAULTS.max_int8_drop,
     calibration_images: int = DEFAULTS.calibration_images,
     seed: int = 0,
+    split: dict | None = None,
+    report_extra: dict | None = None,
 ) -> ExportResult:
     """Export a run directory, a `.keras` file or a Keras model in hand (`fit(...).predictor`).
 
     `data`: held-out images (a folder, a manifest or `Examples`); by default the validation
     files a run recorded in its split.json, and int8 calibrates on its training files.
+    `split`: {"train", "validation": Examples} of a model in hand (a run's are read from its folder).
+    The version folder keeps the split, so `enroll` and `evaluate` find the photos again.
     """
     unknown = [kind for kind in tflite_kinds if kind not in tflite.KINDS]
     if unknown:
         raise UserError(f"--quantize: unknown {', '.join(unknown)}; choose from {', '.join(tflite.KINDS)}")
-    source = _Source.of(model, name)
+    source = _Source.of(model, name, split)
     classifier, labels, resize = source.predictor.model, source.predictor.labels, source.predictor.resize
     size = int(classifier.input_shape[1])
     held_out_examples, calibration_paths = _held_out_and_calibration(source, data, calibration_images, seed)
@@ -63,6 +70,11 @@ def export_model(
     held_out = HeldOut(images, np.array([held_out_examples.labels[i] for i in keep]),
                        [held_out_examples.paths[i] for i in keep])
     log(f"held-out images: {len(keep)} ({len(failures)} unreadable skipped)")
+    # Embeddings and the rejection threshold, set again on these photos of known products.
+    open_world = KerasPredictor(classifier, labels).outputs(held_out.images) if head_kind(classifier) else None
+    rejection = source.predictor.rejection
+    if rejection is not None and open_world is not None:
+        rejection = rejection.refitted(open_world, class_directions(classifier))
 
     model_dir = os.path.join(output, source.name)
     with versioning.staging_folder(model_dir) as staging:
@@ -74,7 +86,7 @@ def export_model(
         rows.append(keras_row)
 
         log("writing SavedModel (TF Serving)")
-        write_saved_model(classifier, labels, staging, resize)
+        write_saved_model(classifier, labels, staging, resize, rejection)
         saved_model_files = [os.path.join(staging, f) for f in ("saved_model.pb", "variables", "assets")]
         runner = SavedModelRunner(staging)
         rows.append(parity.measure("saved_model:serve_images", saved_model_files, lambda h: runner.predict(h.images),
@@ -83,27 +95,47 @@ def export_model(
                                    lambda h: runner.predict_bytes(_read(h.paths)), held_out, reference,
                                    batch_predict=lambda h: _in_batches(runner.predict_bytes, _read(h.paths)))[0])
         run_directory.write_text(staging, run_directory.LABELS_FILE, "\n".join(labels) + "\n")
+        if rejection is not None:
+            rejection.write(staging)
+        if open_world is not None:  # what `enroll` extends
+            _save_keras(classifier, staging)
+        if source.split is not None:
+            run_directory.write_split(staging, {part: examples.in_classes(labels)[0]
+                                                for part, examples in source.split.items()})
 
-        notes = []
+        notes, embedders = [], []
+        metadata = tflite_metadata.available()
+        if tflite_kinds and not metadata:
+            notes.append(f"TFLite files carry no MediaPipe metadata: {tflite_metadata.INSTALL_HINT}")
         for kind in tflite_kinds:
             log(f"converting TFLite {kind}")
             quantization = _quantization(kind, calibration_paths, size, resize)
-            flatbuffer = tflite.convert(classifier, quantization)
-            if tflite_metadata.available():
-                flatbuffer = tflite_metadata.add_metadata(flatbuffer, labels, source.name)
-            elif not notes:
-                notes.append(f"TFLite files carry no MediaPipe metadata: {tflite_metadata.INSTALL_HINT}")
-            path = os.path.join(staging, f"{source.name}.{kind}.tflite")
-            with open(path, "wb") as handle:
-                handle.write(flatbuffer)
+            path = _write_file(staging, f"{source.name}.{kind}.tflite", tflite.convert(classifier, quantization))
             file_runner = TFLiteRunner(path)
-            rows.append(parity.measure(f"tflite:{kind}", [path], lambda h: file_runner.predict(h.images),
-                                       held_out, reference)[0])
+            row, probabilities = parity.measure(f"tflite:{kind}", [path], lambda h: file_runner.predict(h.images),
+                                                held_out, reference)
+            if metadata:
+                # The file's own threshold: its top probabilities on the held-out photos (int8 rounds them).
+                threshold = threshold_keeping(probabilities.max(axis=1), rejection.keep_known) if rejection else None
+                with open(path, "rb") as handle:
+                    flatbuffer = tflite_metadata.add_classifier_metadata(handle.read(), labels, source.name, threshold)
+                _write_file(staging, os.path.basename(path), flatbuffer)
+                row.update(size_bytes=len(flatbuffer), score_threshold=threshold)
+            rows.append(row)
+            if open_world is not None:
+                flatbuffer = tflite.convert(classifier, quantization, output="embedding")
+                if metadata:
+                    flatbuffer = tflite_metadata.add_embedder_metadata(flatbuffer, source.name)
+                path = _write_file(staging, f"{source.name}.embedder.{kind}.tflite", flatbuffer)
+                embedders.append(parity.measure_embedder(f"tflite-embedder:{kind}", path, TFLiteRunner(path).predict,
+                                                         held_out, open_world["embedding"]))
 
         report = {"name": source.name, "model": source.description, "held_out_images": len(keep), "resize": resize,
-                  "max_int8_drop_points": max_int8_drop, "artifacts": rows, "notes": notes}
+                  "max_int8_drop_points": max_int8_drop, "artifacts": rows, "embedders": embedders,
+                  "rejection": dataclasses.asdict(rejection) if rejection is not None else None, "notes": notes,
+                  **(report_extra or {})}
         run_directory.write_json(staging, REPORT_FILE, report)
-        print(parity.format_table(rows), file=sys.stderr)
+        print(parity.format_table(rows + embedders), file=sys.stderr)
         _check_int8(rows, max_int8_drop, allow_drop)
         version_dir = versioning.publish(staging, model_dir)
     log(f"exported: {version_dir}")
@@ -121,13 +153,13 @@ class _Source:
     split: dict | None  # {"train", "validation"[, "test"]: Examples} the run recorded
 
     @classmethod
-    def of(cls, model, name: str | None) -> "_Source":
+    def of(cls, model, name: str | None, split: dict | None = None) -> "_Source":
         predictor = load_predictor(model)
         if not isinstance(predictor, KerasPredictor):
             raise UserError(f"{model}: export takes a run directory, a .keras file or a Keras model; "
                             f"this is a {predictor.kind} artifact, already exported")
         if not isinstance(model, (str, os.PathLike)):
-            return cls(predictor, name or "model", "in-memory model", [], None)
+            return cls(predictor, name or "model", "in-memory model", [], split)
         path = os.fspath(model)
         folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         recipe = run_directory.saved_recipe(folder) or {}
@@ -175,6 +207,18 @@ def _quantization(kind: str, calibration_paths: list[str], size: int, resize: st
         return getattr(tflite.Quantization, f"for_{kind}")()
     images, _ = load_images(calibration_paths, size, resize)
     return tflite.Quantization.for_int8(images)
+
+
+def _write_file(folder: str, name: str, content: bytes) -> str:
+    path = os.path.join(folder, name)
+    with open(path, "wb") as handle:
+        handle.write(content)
+    return path
+
+
+def _save_keras(classifier, folder: str) -> None:
+    """model.keras, without an optimizer: the classifier `enroll` adds classes to."""
+    classifier.save(os.path.join(folder, run_directory.MODEL_FILE))
 
 
 def _read(paths: list[str]) -> list[bytes]:

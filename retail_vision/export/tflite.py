@@ -1,7 +1,8 @@
 """TFLite conversion for devices: float32, float16, dynamic-range and full-integer int8.
 
 Every file takes uint8 RGB [1, H, W, 3] (the device only resizes) with normalisation inside
-the model, and returns float32 probabilities. Quantization choices are named constructors,
+the model, and returns float32 probabilities (a classifier file) or the L2-normalised embedding
+(an embedder file). Quantization choices are named constructors,
 as in MediaPipe Model Maker: `Quantization.for_int8(representative_images)`.
 """
 
@@ -41,8 +42,11 @@ class Quantization:
         return cls("int8", representative_images)
 
 
-def convert(classifier, quantization: Quantization) -> bytes:
-    """Convert the Keras classifier (0..255 float input) to a TFLite flatbuffer.
+OUTPUTS = ("probabilities", "embedding")
+
+
+def convert(classifier, quantization: Quantization, output: str = "probabilities") -> bytes:
+    """Convert the Keras classifier (0..255 float input) to a TFLite flatbuffer of one output.
 
     Keras 3 models go through a SavedModel written by `ExportArchive` (the path
     keras.src.export.litert takes too); converting a concrete function directly leaves the
@@ -50,16 +54,19 @@ def convert(classifier, quantization: Quantization) -> bytes:
     """
     import keras
 
+    from retail_vision.classifier import open_world_outputs
+
+    model = open_world_outputs(classifier)
     size = int(classifier.input_shape[1])
     # int8: a float input calibrated on 0..255 pixels becomes a uint8 input with scale 1 and
     # zero point 0, so the device feeds raw pixels and every op inside runs in int8.
     input_dtype = tf.float32 if quantization.kind == "int8" else tf.uint8
     with tempfile.TemporaryDirectory() as saved_model_dir:
         archive = keras.export.ExportArchive()
-        archive.track(classifier)
+        archive.track(model)
         archive.add_endpoint(
             "serve",
-            lambda image: {"probabilities": classifier(tf.cast(image, tf.float32), training=False)},
+            lambda image: {output: model(tf.cast(image, tf.float32), training=False)[output]},
             input_signature=[tf.TensorSpec([1, size, size, 3], input_dtype, name="image")],
         )
         archive.write_out(saved_model_dir, verbose=False)

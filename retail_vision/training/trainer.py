@@ -20,11 +20,12 @@ import keras
 import numpy as np
 
 from retail_vision import backbone_layers, calibration, run_directory
-from retail_vision.classifier import build_classifier, get_backbone
+from retail_vision.classifier import build_classifier, class_directions, get_backbone
 from retail_vision.console import log
 from retail_vision.data import pipeline
 from retail_vision.planning import Plan, plan
 from retail_vision.recipe import Recipe
+from retail_vision.rejection import Rejection, fit_rejection
 from retail_vision.training import checkpointing, distribution, feature_cache, multi_worker, phases
 from retail_vision.training.augment import build_augmenter
 from retail_vision.training.freezing import BackboneFreezer
@@ -38,13 +39,14 @@ class RunResult:
     history: dict
     labels: list[str]
     resize: str = "crop"
+    rejection: Rejection | None = None
 
     @property
     def predictor(self):
-        """The trained model as `evaluate`, `predict` and `export_model` take it, with its labels."""
+        """The trained model as `evaluate`, `predict` and `export_model` take it, with its labels and rejection."""
         from retail_vision.artifacts import KerasPredictor
 
-        return KerasPredictor(self.model, self.labels, self.resize)
+        return KerasPredictor(self.model, self.labels, self.resize, self.rejection)
 
 
 def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
@@ -166,7 +168,8 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     recipe, data, train = the_plan.recipe, the_plan.data, the_plan.recipe.train
     with cluster.scope():  # every variable is created under the strategy
         classifier = build_classifier(recipe.model.backbone, len(data.class_names), recipe.model.weights,
-                                      recipe.model.dropout, the_plan.image_size, name=_model_name(recipe.name))
+                                      recipe.model.dropout, the_plan.image_size, name=_model_name(recipe.name),
+                                      head=recipe.model.head)
         augmenter = build_augmenter(recipe.augment, train.seed)
     if run_dir is None:
         run_dir = run_directory.create(runs_dir, recipe.name, {
@@ -220,6 +223,8 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     if calibrated:
         log(f"calibrated on the validation photos: temperature {calibrated.temperature:.2f}, expected "
             f"calibration error {calibrated.ece_before:.3f} -> {calibrated.ece_after:.3f}")
+    rejection = _fit_rejection(classifier, val_ds, recipe.rejection)
+    rejection.write(run_dir)
     final = phases.score(models.build(lambda: phases.with_augmentation(classifier, None, model_class)),
                          _for_replicas(train_ds, val_ds, the_plan)[1], len(data.class_names), cluster)
     _save_model(classifier, run_dir)
@@ -229,6 +234,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
         "best_epoch": state.best_epoch,
         "val_top1_last_epoch": state.history["val_accuracy"][-1],
         "calibration": calibrated.as_metrics() if calibrated else None,  # fitted on val: its ECE is optimistic
+        "rejection": dataclasses.asdict(rejection),
         "phases": state.summaries,
         "classes": len(data.class_names),
         "train_images": data.train_count,
@@ -241,7 +247,22 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
     shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
-    return RunResult(run_dir, classifier, metrics, state.history, list(data.class_names), recipe.data.resize)
+    return RunResult(run_dir, classifier, metrics, state.history, list(data.class_names), recipe.data.resize,
+                     rejection)
+
+
+def _fit_rejection(classifier, val_ds, config) -> Rejection:
+    """The unknown-product threshold, set on the validation photos (all of known products)."""
+    from retail_vision.artifacts import KerasPredictor
+
+    predictor = KerasPredictor(classifier, [])
+    outputs = [predictor.outputs(images) for images, _ in val_ds]
+    joined = {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+    rejection = fit_rejection(joined, class_directions(classifier), config.score, config.keep_known)
+    log(f"unknown products: {config.score} below {rejection.threshold:.4g} (keeps {config.keep_known:.0%} of "
+        f"the {rejection.images} validation photos; top probability below {rejection.probability_threshold:.3f} "
+        "for clients of the probabilities)")
+    return rejection
 
 
 def _for_replicas(train_ds, val_ds, the_plan: Plan):
@@ -323,7 +344,7 @@ def _finished_result(run_dir: str) -> RunResult:
         metrics = json.load(handle)
     with open(f"{run_dir}/{run_directory.HISTORY_FILE}", encoding="utf-8") as handle:
         history = json.load(handle)
-    return RunResult(run_dir, model, metrics, history, labels, resize_mode(run_dir))
+    return RunResult(run_dir, model, metrics, history, labels, resize_mode(run_dir), Rejection.read(run_dir))
 
 
 def _model_name(name: str) -> str:

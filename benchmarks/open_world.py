@@ -1,0 +1,282 @@
+"""Open world on the grocery photos: reject products never seen, enroll new ones from a few photos.
+
+    python benchmarks/open_world.py [--work DIR] [--head softmax|cosine] [--stages fit,reject,enroll,retrain]
+
+A seeded split of whole classes: 61 known, 20 new, spread over Fruit, Vegetables and Packages in
+proportion. `fit` trains the shipped grocery recipe on the known classes only (their train and
+val photos), then:
+- reject: each rejection score on the known val photos against every photo of the 20 new
+  classes: AUROC, FPR at 95% TPR, and accuracy at the operating point the run stored;
+- enroll: the 20 new classes enrolled with k = 1, 5, 10 seeded train photos each, and with the
+  dataset's one iconic image per class; 81-way top-1 on the new classes' photos not used to
+  enroll them, and on the known val photos (what the known classes lose), and the wall time;
+- retrain: the grocery recipe on all 81 classes, scored on the same photos, with its wall time.
+
+Work files (the class-split folders of links, runs, exported versions) go under --work
+(default: /tmp/retail-vision-open-world), never into the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks._common import table, write_results  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASET = os.path.join(REPO, "..", "shared", "datasets", "grocery_store")
+RECIPE = os.path.join(REPO, "recipes", "grocery_store.yaml")
+NEW_CLASSES = 20
+SHOTS = (1, 5, 10)
+
+
+def split_classes(seed: int = 0) -> tuple[list[str], list[str], dict[str, str]]:
+    """(known, new, {class: its folder under train/}): new classes drawn per top-level group in proportion."""
+    folders = {}
+    with open(os.path.join(DATASET, "train.txt"), encoding="utf-8") as handle:
+        for row in csv.reader(handle):
+            folder = os.path.dirname(row[0].strip())
+            folders[os.path.basename(folder)] = folder
+    groups: dict[str, list[str]] = {}
+    for name, folder in sorted(folders.items()):
+        groups.setdefault(folder.split("/")[1], []).append(name)
+    rng = random.Random(seed)
+    # Largest remainder: each group's share of NEW_CLASSES, rounded so they sum to it.
+    exact = {group: NEW_CLASSES * len(names) / len(folders) for group, names in groups.items()}
+    counts = {group: int(share) for group, share in exact.items()}
+    for group in sorted(exact, key=lambda g: exact[g] - counts[g], reverse=True)[: NEW_CLASSES - sum(counts.values())]:
+        counts[group] += 1
+    new = sorted(name for group, names in groups.items() for name in rng.sample(names, counts[group]))
+    known = sorted(set(folders) - set(new))
+    return known, new, folders
+
+
+def link_classes(root: str, split: str, classes: list[str], folders: dict[str, str]) -> str:
+    """`root/<class>` -> the dataset's `<split>/.../<class>` folder, for the classes that split has."""
+    os.makedirs(root, exist_ok=True)
+    for name in classes:
+        target = os.path.realpath(os.path.join(DATASET, split + folders[name][len("train"):]))
+        link = os.path.join(root, name)
+        if os.path.isdir(target) and not os.path.islink(link):
+            os.symlink(target, link)
+    return root
+
+
+def photos(split: str, name: str, folders: dict[str, str]) -> list[str]:
+    folder = os.path.join(DATASET, split + folders[name][len("train"):])
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(".jpg"))
+
+
+def fit_known(work: str, head: str, known: list[str], folders: dict[str, str]) -> tuple[str, float]:
+    """(run directory, wall seconds) of the grocery recipe on the known classes; a finished run is reused."""
+    from retail_vision.recipe import Recipe
+    from retail_vision.training import fit
+
+    runs = os.path.join(work, f"runs-known-{head}")
+    started = [os.path.join(runs, d) for d in sorted(os.listdir(runs))] if os.path.isdir(runs) else []
+    if started and os.path.isfile(os.path.join(started[-1], "metrics.json")):
+        return started[-1], float("nan")
+    train = link_classes(os.path.join(work, "known", "train"), "train", known, folders)
+    val = link_classes(os.path.join(work, "known", "val"), "val", known, folders)
+    recipe = Recipe.from_yaml(RECIPE, [f"data.source={train}", f"data.validation={val}", f"model.head={head}",
+                                       "name=grocery_known"])
+    start = time.perf_counter()
+    result = fit(recipe, runs_dir=runs, resume=started[-1] if started else False)  # an interrupted run goes on
+    return result.run_dir, time.perf_counter() - start
+
+
+def iconic_image(name: str) -> str:
+    with open(os.path.join(DATASET, "classes.csv"), encoding="utf-8") as handle:
+        rows = {row[0]: row[4] for row in csv.reader(handle)}
+    return os.path.join(DATASET, rows[name].lstrip("/"))
+
+
+class Photos:
+    """Photos decoded once at the model's size, scored by any artifact."""
+
+    def __init__(self, paths: list[str], labels: list[str], size: int, resize: str):
+        from retail_vision.artifacts import load_images
+
+        self.paths, self.labels = paths, labels
+        self.images, failures = load_images(paths, size, resize)
+        assert not failures, failures[:3]
+
+
+def roc(known_scores, unknown_scores) -> dict:
+    """AUROC and the share of unknown photos accepted when 95% of known ones are (FPR at 95% TPR)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    truth = np.r_[np.ones(len(known_scores)), np.zeros(len(unknown_scores))]
+    scores = np.r_[known_scores, unknown_scores]
+    fpr, tpr, _ = roc_curve(truth, scores)
+    return {"auroc": float(roc_auc_score(truth, scores)), "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95)])}
+
+
+def rejection_table(run_dir: str, known_val: Photos, unknown: Photos, known_train: Photos) -> list[dict]:
+    """Each score: AUROC, FPR@95, and accuracy at the threshold keeping 95% of the known val photos."""
+    import numpy as np
+
+    from retail_vision.artifacts import load_predictor
+    from retail_vision.classifier import class_directions
+    from retail_vision.rejection import rejection_scores, threshold_keeping
+
+    predictor = load_predictor(run_dir)
+    outputs = {name: predictor.outputs(photos.images) for name, photos in
+               (("known", known_val), ("unknown", unknown), ("train", known_train))}
+    directions = class_directions(predictor.model)
+    train_labels = np.array([predictor.labels.index(label) for label in known_train.labels])
+    means = np.stack([outputs["train"]["embedding"][train_labels == c].mean(axis=0) for c in range(len(directions.T))])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    truth = np.array([predictor.labels.index(label) for label in known_val.labels])
+    rows = []
+    for score in ("msp", "max_logit", "energy", "cosine", "cosine_class_mean", "knn_1", "knn_5"):
+        values = {}
+        for part in ("known", "unknown"):
+            o = outputs[part]
+            if score == "cosine_class_mean":
+                values[part] = (o["embedding"] @ means.T).max(axis=1)
+            elif score.startswith("knn"):
+                k = int(score.split("_")[1])
+                values[part] = np.sort(o["embedding"] @ outputs["train"]["embedding"].T, axis=1)[:, -k:].mean(axis=1)
+            else:
+                values[part] = np.asarray(rejection_scores(score, o["probabilities"], o["logits"], o["embedding"],
+                                                           directions))
+        threshold = threshold_keeping(values["known"], 0.95)
+        right = outputs["known"]["probabilities"].argmax(axis=1) == truth
+        accepted = values["known"] >= threshold
+        rejected = values["unknown"] < threshold
+        rows.append({"score": score, **roc(values["known"], values["unknown"]),
+                     "accuracy_at_operating_point": float((np.sum(right & accepted) + np.sum(rejected))
+                                                          / (len(right) + len(rejected))),
+                     "known_accepted": float(accepted.mean()), "unknown_rejected": float(rejected.mean())})
+    return rows
+
+
+def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_val: Photos, seed: int) -> list[dict]:
+    """The 20 new classes enrolled with k photos each (and with the iconic image): 81-way top-1 and time."""
+    import numpy as np
+
+    from retail_vision.artifacts import load_predictor
+    from retail_vision.enrollment import enroll
+
+    rng = random.Random(seed)
+    order = {name: rng.sample(photos("train", name, folders), len(photos("train", name, folders))) for name in new}
+    before = load_predictor(run_dir)
+    size, resize = before.image_size, before.resize
+    known_before = float(np.mean(before.predict(known_val.images).argmax(axis=1)
+                                 == [before.labels.index(c) for c in known_val.labels]))
+    new_val = [(p, name) for name in new for p in photos("val", name, folders)]
+    rows = []
+    for shots in (*SHOTS, "iconic"):
+        chosen = {name: ([iconic_image(name)] if shots == "iconic" else order[name][:shots]) for name in new}
+        folder = os.path.join(work, f"enroll-{shots}")
+        for name, files in chosen.items():
+            os.makedirs(os.path.join(folder, name), exist_ok=True)
+            for file in files:
+                link = os.path.join(folder, name, os.path.basename(file))
+                if not os.path.islink(link):
+                    os.symlink(file, link)
+        rest = [(p, name) for name in new for p in order[name] if p not in chosen[name]] + new_val
+        evaluation = Photos([p for p, _ in rest], [n for _, n in rest], size, resize)
+        started = time.perf_counter()
+        result = enroll(run_dir, folder, output=os.path.join(work, f"exported-{shots}"))
+        seconds = time.perf_counter() - started
+        after = load_predictor(result.version_dir)
+        index = {label: i for i, label in enumerate(after.labels)}
+        predicted = after.predict(evaluation.images).argmax(axis=1)
+        hits = predicted == [index[c] for c in evaluation.labels]
+        is_val = np.array([p in dict(new_val) for p in evaluation.paths])
+        known = after.predict(known_val.images).argmax(axis=1) == [index[c] for c in known_val.labels]
+        rows.append({"shots": shots, "new_top1": float(hits.mean()), "new_photos": len(hits),
+                     "new_val_top1": float(hits[is_val].mean()), "new_val_photos": int(is_val.sum()),
+                     "known_top1_before": known_before, "known_top1_after": float(known.mean()),
+                     "enroll_seconds": round(seconds, 1), "version": result.version_dir})
+        print(table(rows[-1:], list(rows[-1])), flush=True)
+    return rows
+
+
+def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Photos) -> dict:
+    """The grocery recipe on all 81 classes: top-1 on the new classes' val photos and the known val photos."""
+    import numpy as np
+
+    from retail_vision.artifacts import load_predictor
+    from retail_vision.recipe import Recipe
+    from retail_vision.training import fit
+
+    runs = os.path.join(work, f"runs-all-{head}")
+    finished = sorted(d for d in (os.listdir(runs) if os.path.isdir(runs) else ())
+                      if os.path.isfile(os.path.join(runs, d, "metrics.json")))
+    seconds = float("nan")
+    if finished:
+        run_dir = os.path.join(runs, finished[-1])
+    else:
+        started = time.perf_counter()
+        run_dir = fit(Recipe.from_yaml(RECIPE, [f"model.head={head}"]), runs_dir=runs).run_dir
+        seconds = time.perf_counter() - started
+    predictor = load_predictor(run_dir)
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    new_val = [(p, name) for name in new for p in photos("val", name, folders)]
+    val = Photos([p for p, _ in new_val], [n for _, n in new_val], predictor.image_size, predictor.resize)
+    return {"run_dir": run_dir, "fit_seconds": round(seconds, 1),
+            "new_val_top1": float(np.mean(predictor.predict(val.images).argmax(axis=1) == [index[c] for c in val.labels])),
+            "known_val_top1": float(np.mean(predictor.predict(known_val.images).argmax(axis=1)
+                                            == [index[c] for c in known_val.labels]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/tmp/retail-vision-open-world")
+    parser.add_argument("--head", default="cosine", choices=("softmax", "cosine"))
+    parser.add_argument("--stages", default="fit,reject,enroll,retrain")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    stages = set(args.stages.split(","))
+
+    import json
+
+    from retail_vision.artifacts import load_predictor
+
+    known, new, folders = split_classes(args.seed)
+    print(f"known classes: {len(known)}; new: {len(new)}: {', '.join(new)}")
+    results = {"head": args.head, "seed": args.seed, "new_classes": new}
+    run_dir, seconds = fit_known(args.work, args.head, known, folders)
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    results.update(run_dir=run_dir, fit_seconds=seconds, known_val_top1=metrics["val_top1"],
+                   calibration=metrics.get("calibration"))
+    print(f"known-class run: {run_dir} ({seconds:.0f} s), val top-1 {metrics['val_top1']:.3f}, "
+          f"calibration {metrics.get('calibration')}")
+    predictor = load_predictor(run_dir)
+    size, resize = predictor.image_size, predictor.resize
+    known_val_pairs = [(p, n) for n in known for p in photos("val", n, folders)]
+    known_val = Photos([p for p, _ in known_val_pairs], [n for _, n in known_val_pairs], size, resize)
+    if "reject" in stages:
+        unknown_pairs = [(p, n) for n in new for split in ("train", "val") for p in photos(split, n, folders)]
+        train_pairs = [(p, n) for n in known for p in photos("train", n, folders)]
+        rows = rejection_table(run_dir, known_val, Photos([p for p, _ in unknown_pairs], [n for _, n in unknown_pairs],
+                                                          size, resize),
+                               Photos([p for p, _ in train_pairs], [n for _, n in train_pairs], size, resize))
+        results["rejection"] = rows
+        print(f"rejection: {len(known_val.paths)} known val photos against {len(unknown_pairs)} photos of new classes")
+        print(table(rows, list(rows[0])))
+    if "enroll" in stages:
+        results["enrollment"] = enroll_table(run_dir, args.work, new, folders, known_val, args.seed)
+    if "retrain" in stages:
+        results["retrain"] = retrain(args.work, args.head, new, folders, known_val)
+        print(results["retrain"])
+    path = write_results(f"open_world_{args.head}", results)
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
