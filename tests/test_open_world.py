@@ -201,3 +201,26 @@ def test_bad_enrollments_are_one_line_exit_2_and_write_nothing(world, tmp_path, 
                 "tflite file": "not a .tflite file"}[case]
     assert expected in error
     assert not output.exists()
+
+
+def test_evaluate_scores_photos_of_other_classes_as_unknown_products(world, tmp_path):
+    _, version, _, root = world
+    data = tmp_path / "data"
+    shutil.copytree(root / "photos" / "Fruit" / "Apple" / "red-apple", data / "red-apple")
+    (data / "empty-shelf").mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i, i, i)).save(data / "empty-shelf" / f"black_{i}.png")
+    from retail_vision import evaluate
+
+    results = evaluate(version, str(data), report_dir=str(tmp_path / "report"))
+    open_world = results["open_world"]
+    assert open_world["score"] == "msp" and open_world["unknown_images"] == 3 and open_world["known_images"] == 8
+    assert open_world["unknown_rejected"] == 1.0 and open_world["auroc"] == 1.0
+    assert results["images"] == 8 and results["classes_not_in_model"] == {"empty-shelf": 3}
+    assert (tmp_path / "report" / "open_set.png").is_file()
+    assert "unknown products: AUROC" in (tmp_path / "report" / "report.md").read_text()
+
+    output = CliRunner().invoke(main, ["evaluate", version, str(data), "--classes", "known", "--json"])
+    assert output.exit_code == 0, output.output
+    known_only = json.loads(output.stdout)
+    assert known_only["open_world"] is None and known_only["images"] == 8
