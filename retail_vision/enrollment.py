@@ -2,14 +2,14 @@
 
 Each new class's vector is its prototype: the mean L2-normalised embedding of its photos. The
 head gets one more class vector per product:
-- cosine head: logit = a * cos(embedding, prototype) + b. Trained class vectors and prototypes
-  sit differently in feature space (a trained vector has cosine ~0.3 with its own photos, a
+- cosine head (the only one enrollment takes): logit = a * cos(embedding, prototype) + b.
+  Trained class vectors and prototypes sit differently in feature space (a trained vector has cosine ~0.3 with its own photos, a
   prototype more with every photo), so a and b are chosen by rehearsing enrollment on the
   known validation photos: each known class in turn stands in for a new one, represented by the
   prototype of its other photos, and (a, b) maximise the mean of its photos' recall and the
-  other photos' accuracy;
-- softmax head: the prototype is "imprinted" (Qi et al., 2018): scaled to the trained vectors'
-  mean length, with their mean bias.
+  other photos' accuracy.
+A softmax (Dense) head is refused: prototypes "imprinted" into it (Qi et al., 2018) took every
+known photo on the grocery benchmark, because its vectors act on unnormalised features.
 The calibration temperature is already in the head's weights, so the new vectors share it. The
 result is exported like `export` does it (SavedModel, the source's TFLite kinds, int8
 recalibrated on photos of every class, parity-checked, rejection threshold set again on known
@@ -30,7 +30,7 @@ from retail_vision.classifier import HEAD_LAYERS, LOGITS_LAYER, head_kind
 from retail_vision.console import log
 from retail_vision.data import sources
 from retail_vision.errors import DataError, UserError
-from retail_vision.export.exporter import DEFAULTS, REPORT_FILE, ExportResult, export_model
+from retail_vision.export.exporter import DEFAULTS, ExportResult, export_model
 from retail_vision.rejection import UNKNOWN_LABEL, Rejection
 
 
@@ -61,6 +61,11 @@ class _Model:
         if head_kind(model) is None:
             raise UserError(f"{path}: cannot enroll into this model: it predates embeddings (its head has no logits "
                             "layer); train it again with this version of retail-vision")
+        if head_kind(model) != "cosine":
+            # Measured on the grocery photos: prototypes imprinted into the Dense head took every
+            # photo of the known classes (known top-1 86.7% -> 0%); docs/BENCHMARKS.md, "Open world".
+            raise UserError(f"{path}: cannot enroll into this model: its head is 'softmax', whose class vectors are "
+                            "not on the scale of new products' prototypes; train it with model.head: cosine")
         predictor = KerasPredictor(model, labels, resize_mode(path), Rejection.read(path))
         split = run_directory.read_split(path)
         recipe = run_directory.saved_recipe(path)
@@ -111,8 +116,7 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
     logit_map = _prototype_logit_map(source.predictor, source.split)
     classifier, labels = _with_classes(source.predictor.model, labels, prototypes, remove, logit_map)
     log(f"enrolled {len(prototypes)} class(es), removed {len(remove)}: {len(labels)} classes "
-        f"({time.perf_counter() - started:.1f} s)" + (f"; prototype logits {logit_map[0]:.2f} * cosine "
-                                                         f"{logit_map[1]:+.2f}" if logit_map else ""))
+        f"({time.perf_counter() - started:.1f} s); prototype logits {logit_map[0]:.2f} * cosine {logit_map[1]:+.2f}")
     predictor = KerasPredictor(classifier, labels, source.predictor.resize, source.predictor.rejection)
     split = _split_with(source.split, new, labels, remove)
     held_out = _held_out(split, new, labels)
@@ -143,17 +147,12 @@ def _prototypes(predictor: KerasPredictor, new: sources.Examples) -> tuple[dict[
     return prototypes, [name for name in new.class_names if name not in prototypes]
 
 
-def _prototype_logit_map(predictor: KerasPredictor, split: dict | None) -> tuple[float, float] | None:
-    """(a, b) of a prototype's logit a * cos + b for a cosine head, rehearsed on the known validation photos.
+def _prototype_logit_map(predictor: KerasPredictor, split: dict | None) -> tuple[float, float]:
+    """(a, b) of a prototype's logit a * cos + b, rehearsed on the known validation photos.
 
-    None for a softmax head. Without at least two classes of two readable validation photos, the
-    trained classes' own scale and no bias.
+    Without at least two classes of two readable validation photos: the trained scale, no bias.
     """
-    from retail_vision.classifier import CosineLogits
-
     layer = predictor.model.get_layer(LOGITS_LAYER)
-    if not isinstance(layer, CosineLogits):
-        return None
     trained_scale = float(np.mean(layer.scale.numpy()))
     validation = split["validation"].in_classes(predictor.labels)[0] if split is not None else None
     images = load_images(validation.paths, predictor.image_size, predictor.resize) if validation else None
@@ -185,38 +184,26 @@ def _prototype_logit_map(predictor: KerasPredictor, split: dict | None) -> tuple
 
 
 def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarray], remove,
-                  logit_map: tuple[float, float] | None):
-    """A classifier sharing `classifier`'s layers up to its head, whose logits layer has the new class vectors."""
+                  logit_map: tuple[float, float]):
+    """A classifier sharing `classifier`'s layers up to its head, whose cosine logits layer has the new classes."""
     import keras
 
     from retail_vision.classifier import CosineLogits
 
     layer = classifier.get_layer(LOGITS_LAYER)
-    cosine = isinstance(layer, CosineLogits)
-    kernel, *rest = layer.get_weights()
-    length = float(np.linalg.norm(kernel, axis=0).mean())
+    kernel, scale, bias = layer.get_weights()
     columns = {label: kernel[:, i] for i, label in enumerate(labels)}
-    scales = dict(zip(labels, rest[0])) if cosine else None
-    biases = dict(zip(labels, rest[-1]))
+    scales, biases = dict(zip(labels, scale)), dict(zip(labels, bias))
     for label, prototype in prototypes.items():
-        columns[label] = prototype * length  # at the trained vectors' mean length: tidy for the Dense head
-        if cosine:
-            scales[label], biases[label] = logit_map
-        else:  # imprinted (Qi et al., 2018)
-            biases[label] = float(np.mean(rest[-1]))
+        columns[label], scales[label], biases[label] = prototype, *logit_map
     new_labels = [label for label in columns if label not in remove]
 
-    if cosine:
-        logits = CosineLogits(len(new_labels), layer.initial_scale, dtype="float32", name=LOGITS_LAYER)
-        new_weights = [np.stack([columns[c] for c in new_labels], axis=1), np.array([scales[c] for c in new_labels]),
-                       np.array([biases[c] for c in new_labels])]
-    else:
-        logits = keras.layers.Dense(len(new_labels), dtype="float32", name=LOGITS_LAYER)
-        new_weights = [np.stack([columns[c] for c in new_labels], axis=1), np.array([biases[c] for c in new_labels])]
+    logits = CosineLogits(len(new_labels), layer.initial_scale, dtype="float32", name=LOGITS_LAYER)
     features = classifier.get_layer(HEAD_LAYERS[0]).output
     probabilities = keras.layers.Softmax(dtype="float32", name=HEAD_LAYERS[2])(logits(features))
     model = keras.Model(classifier.input, probabilities, name=classifier.name)
-    logits.set_weights(new_weights)
+    logits.set_weights([np.stack([columns[c] for c in new_labels], axis=1), np.array([scales[c] for c in new_labels]),
+                        np.array([biases[c] for c in new_labels])])
     return model, new_labels
 
 
