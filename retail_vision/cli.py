@@ -184,8 +184,11 @@ def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_dro
 @click.option("--replace", is_flag=True, help="Re-learn classes the model already has from PHOTOS.")
 @click.option("--remove", multiple=True, metavar="LABEL", help="Drop a class (repeat for several).")
 @click.option("--class-names", type=click.Path(dir_okay=False), help="Class-name file for a manifest of label ids.")
+@click.option("--max-known-drop", type=click.FloatRange(min=0.0),
+              help="Points of accuracy the known classes may lose when enrollment is rehearsed on their validation "
+              "photos (default 2.5); more lets the new classes win more photos.")
 @_user_errors_exit_2
-def enroll(model, photos, output, name, replace, remove, class_names):
+def enroll(model, photos, output, name, replace, remove, class_names, max_known_drop):
     """Teach MODEL (run dir or exported version) the products in PHOTOS (one folder per product), no training.
 
     Writes the next export version; its folder is the last line on stdout.
@@ -193,8 +196,9 @@ def enroll(model, photos, output, name, replace, remove, class_names):
     _quiet_tensorflow()
     from retail_vision.enrollment import enroll as run_enroll
 
+    chosen = {} if max_known_drop is None else {"max_known_drop": max_known_drop}
     result = run_enroll(model, photos, output=output, name=name, replace=replace, remove=tuple(remove),
-                        class_names=class_names)
+                        class_names=class_names, **chosen)
     click.echo(result.version_dir)
 
 

@@ -3,11 +3,10 @@
 Each new class's vector is its prototype: the mean L2-normalised embedding of its photos. The
 head gets one more class vector per product:
 - cosine head (the only one enrollment takes): logit = a * cos(embedding, prototype) + b.
-  Trained class vectors and prototypes sit differently in feature space (a trained vector has cosine ~0.3 with its own photos, a
-  prototype more with every photo), so a and b are chosen by rehearsing enrollment on the
-  known validation photos: each known class in turn stands in for a new one, represented by the
-  prototype of its other photos, and (a, b) maximise the mean of its photos' recall and the
-  other photos' accuracy.
+  Trained class vectors and prototypes sit differently in feature space (a trained vector has
+  cosine ~0.3 with its own photos, a prototype more with every photo), so a and b are chosen by
+  rehearsing enrollment on the known validation photos (`rehearse`): known classes stand in for
+  new ones, and (a, b) recognise them best while the others lose at most `max_known_drop` points.
 A softmax (Dense) head is refused: prototypes "imprinted" into it (Qi et al., 2018) took every
 known photo on the grocery benchmark, because its vectors act on unnormalised features.
 The calibration temperature is already in the head's weights, so the new vectors share it. The
@@ -32,6 +31,11 @@ from retail_vision.data import sources
 from retail_vision.errors import DataError, UserError
 from retail_vision.export.exporter import DEFAULTS, ExportResult, export_model
 from retail_vision.rejection import UNKNOWN_LABEL, Rejection
+
+# Points the known classes may lose in the rehearsal. The rehearsal overstates the loss (its
+# stand-ins are classes the features were trained on): on the grocery benchmark 2.5 rehearsed
+# points cost the known classes 0.9 real ones (docs/BENCHMARKS.md, "Open world").
+MAX_KNOWN_DROP = 2.5
 
 
 @dataclasses.dataclass
@@ -81,11 +85,14 @@ class _Model:
 
 
 def enroll(model, photos, output: str | None = None, name: str | None = None, replace: bool = False,
-           remove: tuple[str, ...] = (), class_names: str | None = None) -> ExportResult:
+           remove: tuple[str, ...] = (), class_names: str | None = None,
+           max_known_drop: float = MAX_KNOWN_DROP) -> ExportResult:
     """Add (or with `replace`, re-learn) the classes of PHOTOS and drop `remove`; export the next version.
 
     MODEL: a run directory or an exported version folder. PHOTOS: a folder of class folders (one per
-    product, one or more photos each) or a manifest; None with only `remove`.
+    product, one or more photos each) or a manifest; None with only `remove`. `max_known_drop`:
+    the points of accuracy the known classes may lose in the rehearsal that sets the new classes'
+    logit scale (more lets the new classes win more photos).
     """
     started = time.perf_counter()
     source = _Model.of(model, output)
@@ -113,10 +120,14 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
         raise (UserError(problems[0]) if len(problems) == 1 else
                UserError("\n".join([f"enroll: {len(problems)} problems:"] + [f"  {p}" for p in problems])))
 
-    logit_map = _prototype_logit_map(source.predictor, source.split)
+    logit_map = _logit_map(source.predictor, source.split, len(prototypes), max_known_drop)
     classifier, labels = _with_classes(source.predictor.model, labels, prototypes, remove, logit_map)
+    rehearsal = logit_map.rehearsal
     log(f"enrolled {len(prototypes)} class(es), removed {len(remove)}: {len(labels)} classes "
-        f"({time.perf_counter() - started:.1f} s); prototype logits {logit_map[0]:.2f} * cosine {logit_map[1]:+.2f}")
+        f"({time.perf_counter() - started:.1f} s); prototype logit {logit_map.scale:.2f} * cosine {logit_map.bias:+.2f}"
+        + (f", rehearsed on {rehearsal['photos']} validation photos: {rehearsal['stand_ins']} stand-in classes "
+           f"recognised {rehearsal['stand_in_recall']:.0%}, the others losing {rehearsal['known_drop_points']:.1f} "
+           "points" if rehearsal else " (no validation photos to rehearse on: the trained scale)"))
     predictor = KerasPredictor(classifier, labels, source.predictor.resize, source.predictor.rejection)
     split = _split_with(source.split, new, labels, remove)
     held_out = _held_out(split, new, labels)
@@ -126,7 +137,7 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
                               "source": os.path.abspath(model), "added": sorted(c for c in prototypes if c not in
                                                                                 source.predictor.labels),
                               "replaced": sorted(c for c in prototypes if c in source.predictor.labels),
-                              "removed": list(remove),
+                              "removed": list(remove), "logit_map": dataclasses.asdict(logit_map),
                               "photos": {c: int(n) for c, n in (new.counts().items() if new else ())}}})
     log(f"enrollment took {time.perf_counter() - started:.1f} s")
     return result
@@ -147,44 +158,80 @@ def _prototypes(predictor: KerasPredictor, new: sources.Examples) -> tuple[dict[
     return prototypes, [name for name in new.class_names if name not in prototypes]
 
 
-def _prototype_logit_map(predictor: KerasPredictor, split: dict | None) -> tuple[float, float]:
-    """(a, b) of a prototype's logit a * cos + b, rehearsed on the known validation photos.
+@dataclasses.dataclass(frozen=True)
+class LogitMap:
+    """A prototype's logit: scale * cos(embedding, prototype) + bias, and what rehearsing it measured."""
 
-    Without at least two classes of two readable validation photos: the trained scale, no bias.
+    scale: float
+    bias: float
+    rehearsal: dict | None  # {photos, rounds, stand_ins, known_drop_points, stand_in_recall}; None: not rehearsed
+
+
+def rehearse(embeddings: np.ndarray, logits: np.ndarray, truth: np.ndarray, trained_scale: float, new_classes: int,
+             max_known_drop: float, rounds: int = 8, seed: int = 0) -> LogitMap | None:
+    """The prototype logit map, rehearsed on known photos (their embeddings, trained logits and classes).
+
+    Each round, `new_classes` known classes (at most half of them) stand in for new products: their
+    trained vectors are dropped and their photos' prototypes take their place (a photo's own
+    class prototype leaves it out). Of the (scale, bias) grid, the one whose stand-ins are
+    recognised best while the other photos lose at most `max_known_drop` points wins; if none
+    keeps that, the one that loses least. None when fewer than 2 classes have 2 photos.
     """
-    layer = predictor.model.get_layer(LOGITS_LAYER)
-    trained_scale = float(np.mean(layer.scale.numpy()))
+    eligible = [c for c in np.unique(truth) if np.sum(truth == c) >= 2]
+    if len(eligible) < 2:
+        return None
+    group_size = int(np.clip(new_classes, 1, len(eligible) // 2))
+    scales = trained_scale * np.linspace(0.25, 3.0, 23)[:, None, None]
+    biases = trained_scale * np.linspace(-2.0, 0.5, 51)[None, :, None]
+    rng = np.random.default_rng(seed)
+    drops, recalls = [], []
+    for _ in range(rounds):
+        group = rng.choice(eligible, group_size, replace=False)
+        stand_in = np.isin(truth, group)
+        sums = np.stack([embeddings[truth == c].sum(axis=0) for c in group])
+        cosines = embeddings @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T  # [N, G]
+        own = np.flatnonzero(stand_in)
+        position = np.searchsorted(np.sort(group), truth[own])
+        column = np.argsort(group)[position]
+        left_out = sums[column] - embeddings[own]
+        cosines[own, column] = np.sum(embeddings[own] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
+        rest = logits.copy()
+        rest[:, group] = -np.inf
+        known = ~stand_in
+        right = rest[known].argmax(axis=1) == truth[known]
+        kept = right & (rest[known, truth[known]] > scales * cosines[known].max(axis=1) + biases)
+        drops.append((right.mean() - kept.mean(axis=2)) * 100)
+        own_cos = cosines[own, column]
+        others = cosines[own].copy()
+        others[np.arange(len(own)), column] = -np.inf
+        recalls.append(np.mean((own_cos > others.max(axis=1)) & (scales * own_cos + biases > rest[own].max(axis=1)),
+                              axis=2))
+    drop, recall = np.mean(drops, axis=0), np.mean(recalls, axis=0)
+    feasible = drop <= max_known_drop
+    choice = np.where(feasible, recall, -np.inf) if feasible.any() else -drop + 1e-3 * recall
+    a, b = np.unravel_index(np.argmax(choice), choice.shape)
+    return LogitMap(float(scales[a, 0, 0]), float(biases[0, b, 0]), {
+        "photos": int(len(truth)), "rounds": rounds, "stand_ins": group_size,
+        "known_drop_points": round(float(drop[a, b]), 2), "stand_in_recall": round(float(recall[a, b]), 4)})
+
+
+def _logit_map(predictor: KerasPredictor, split: dict | None, new_classes: int, max_known_drop: float) -> LogitMap:
+    """The rehearsed map on the source's known validation photos, or the trained scale with no bias without them."""
+    trained_scale = float(np.mean(predictor.model.get_layer(LOGITS_LAYER).scale.numpy()))
     validation = split["validation"].in_classes(predictor.labels)[0] if split is not None else None
-    images = load_images(validation.paths, predictor.image_size, predictor.resize) if validation else None
-    if images is None or len(images[1]):
-        return trained_scale, 0.0  # no usable validation photos: the trained scale as it is
-    outputs, truth = predictor.outputs(images[0]), np.asarray(validation.labels)
-    embeddings, logits = outputs["embedding"], outputs["logits"]
-    right = logits.argmax(axis=1) == truth
-    scales = trained_scale * np.linspace(0.25, 2.0, 15)[:, None, None]
-    biases = trained_scale * np.linspace(-1.0, 0.25, 26)[None, :, None]
-    scores = []
-    for c in np.unique(truth):
-        own = truth == c
-        if own.sum() < 2:
-            continue
-        total = embeddings[own].sum(axis=0)
-        left_out = total[None, :] - embeddings[own]  # each own photo's prototype leaves it out
-        own_cos = np.sum(embeddings[own] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
-        rival = np.max(np.delete(logits[own], c, axis=1), axis=1)
-        recall = np.mean(scales * own_cos + biases > rival, axis=2)
-        prototype = total / np.linalg.norm(total)
-        other_cos = embeddings[~own] @ prototype
-        kept = np.mean(right[~own] & (logits[~own, truth[~own]] > scales * other_cos + biases), axis=2)
-        scores.append((recall + kept) / 2)
-    if len(scores) < 2:
-        return trained_scale, 0.0
-    best = np.unravel_index(np.argmax(np.mean(scores, axis=0)), scores[0].shape)
-    return float(scales[best[0], 0, 0]), float(biases[0, best[1], 0])
+    if validation is not None and len(validation):
+        images, failures = load_images(validation.paths, predictor.image_size, predictor.resize)
+        failed = {path for path, _ in failures}
+        truth = np.array([label for path, label in zip(validation.paths, validation.labels) if path not in failed])
+        outputs = predictor.outputs(images) if len(images) else None
+        rehearsed = outputs and rehearse(outputs["embedding"], outputs["logits"], truth, trained_scale,
+                                         new_classes, max_known_drop)
+        if rehearsed:
+            return rehearsed
+    return LogitMap(trained_scale, 0.0, None)
 
 
-def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarray], remove,
-                  logit_map: tuple[float, float]):
+def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarray], remove, logit_map: LogitMap):
     """A classifier sharing `classifier`'s layers up to its head, whose cosine logits layer has the new classes."""
     import keras
 
@@ -195,7 +242,7 @@ def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarra
     columns = {label: kernel[:, i] for i, label in enumerate(labels)}
     scales, biases = dict(zip(labels, scale)), dict(zip(labels, bias))
     for label, prototype in prototypes.items():
-        columns[label], scales[label], biases[label] = prototype, *logit_map
+        columns[label], scales[label], biases[label] = prototype, logit_map.scale, logit_map.bias
     new_labels = [label for label in columns if label not in remove]
 
     logits = CosineLogits(len(new_labels), layer.initial_scale, dtype="float32", name=LOGITS_LAYER)

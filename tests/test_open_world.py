@@ -224,3 +224,24 @@ def test_evaluate_scores_photos_of_other_classes_as_unknown_products(world, tmp_
     assert output.exit_code == 0, output.output
     known_only = json.loads(output.stdout)
     assert known_only["open_world"] is None and known_only["images"] == 8
+
+
+def test_rehearsal_keeps_the_known_classes_within_the_allowed_drop():
+    import numpy as np
+
+    from retail_vision.enrollment import rehearse
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(8, 16)))
+    truth = np.repeat(np.arange(8), 6)
+    embeddings = unit(centres[truth] + 0.6 * rng.normal(size=(48, 16)))
+    logits = 10 * embeddings @ centres.T
+    strict = rehearse(embeddings, logits, truth, 10.0, new_classes=3, max_known_drop=0.0)
+    loose = rehearse(embeddings, logits, truth, 10.0, new_classes=3, max_known_drop=20.0)
+    assert strict.rehearsal["known_drop_points"] <= 0.0 < loose.rehearsal["known_drop_points"]
+    assert loose.rehearsal["stand_in_recall"] > strict.rehearsal["stand_in_recall"]
+    assert strict.rehearsal["stand_ins"] == 3
+    assert rehearse(embeddings[:3], logits[:3], truth[:3], 10.0, 1, 1.0) is None  # one class: nothing to rehearse
