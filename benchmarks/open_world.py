@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import random
 import sys
@@ -111,23 +112,15 @@ class Photos:
         assert not failures, failures[:3]
 
 
-def roc(known_scores, unknown_scores) -> dict:
-    """AUROC and the share of unknown photos accepted when 95% of known ones are (FPR at 95% TPR)."""
-    import numpy as np
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    truth = np.r_[np.ones(len(known_scores)), np.zeros(len(unknown_scores))]
-    scores = np.r_[known_scores, unknown_scores]
-    fpr, tpr, _ = roc_curve(truth, scores)
-    return {"auroc": float(roc_auc_score(truth, scores)), "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95)])}
-
-
 def rejection_table(run_dir: str, known_val: Photos, unknown: Photos, known_train: Photos) -> list[dict]:
-    """Each score: AUROC, FPR@95, and accuracy at the threshold keeping 95% of the known val photos."""
+    """The four scores `rejection.score` offers, and three it does not (cosine to class means of the training
+    photos, k-NN on their embeddings): AUROC, FPR@95, and accuracy at the threshold
+    keeping 95% of the known val photos."""
     import numpy as np
 
     from retail_vision.artifacts import load_predictor
     from retail_vision.classifier import class_directions
+    from retail_vision.evaluation.metrics import open_set
     from retail_vision.rejection import rejection_scores, threshold_keeping
 
     predictor = load_predictor(run_dir)
@@ -151,14 +144,10 @@ def rejection_table(run_dir: str, known_val: Photos, unknown: Photos, known_trai
             else:
                 values[part] = np.asarray(rejection_scores(score, o["probabilities"], o["logits"], o["embedding"],
                                                            directions))
-        threshold = threshold_keeping(values["known"], 0.95)
         right = outputs["known"]["probabilities"].argmax(axis=1) == truth
-        accepted = values["known"] >= threshold
-        rejected = values["unknown"] < threshold
-        rows.append({"score": score, **roc(values["known"], values["unknown"]),
-                     "accuracy_at_operating_point": float((np.sum(right & accepted) + np.sum(rejected))
-                                                          / (len(right) + len(rejected))),
-                     "known_accepted": float(accepted.mean()), "unknown_rejected": float(rejected.mean())})
+        measured = open_set(values["known"], values["unknown"], right, threshold_keeping(values["known"], 0.95))
+        rows.append({"score": score, **{key: measured[key] for key in (
+            "auroc", "fpr_at_95_tpr", "accuracy_at_threshold", "known_accepted", "unknown_rejected")}})
     return rows
 
 
@@ -242,17 +231,20 @@ def main() -> None:
     args = parser.parse_args()
     stages = set(args.stages.split(","))
 
-    import json
-
     from retail_vision.artifacts import load_predictor
 
     known, new, folders = split_classes(args.seed)
     print(f"known classes: {len(known)}; new: {len(new)}: {', '.join(new)}")
-    results = {"head": args.head, "seed": args.seed, "new_classes": new}
+    # Stages may run in separate invocations: their results gather in one file per head.
+    previous = os.path.join("benchmarks", "results", f"open_world_{args.head}.json")
+    results = json.load(open(previous, encoding="utf-8")) if os.path.isfile(previous) else {}
+    results.update(head=args.head, seed=args.seed, new_classes=new)
     run_dir, seconds = fit_known(args.work, args.head, known, folders)
+    if seconds == seconds:  # not NaN: this invocation trained it
+        results["fit_seconds"] = seconds
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as handle:
         metrics = json.load(handle)
-    results.update(run_dir=run_dir, fit_seconds=seconds, known_val_top1=metrics["val_top1"],
+    results.update(run_dir=run_dir, known_val_top1=metrics["val_top1"],
                    calibration=metrics.get("calibration"))
     print(f"known-class run: {run_dir} ({seconds:.0f} s), val top-1 {metrics['val_top1']:.3f}, "
           f"calibration {metrics.get('calibration')}")

@@ -47,7 +47,7 @@ def test_mirrored_over_two_logical_cpus_matches_the_single_device_run(tmp_path):
     assert two["val_top1"] == pytest.approx(one["val_top1"], abs=0.25)  # documented tolerance
     import keras
 
-    head = lambda runs: keras.saving.load_model(next(runs.glob("*/model.keras"))).get_layer("predictions")  # noqa
+    head = lambda runs: keras.saving.load_model(next(runs.glob("*/model.keras"))).get_layer("logits")  # noqa
     assert [w.shape for w in head(mirrored).get_weights()] == [w.shape for w in head(single).get_weights()]
 
 
