@@ -28,6 +28,10 @@ class Classified:
     unknown: np.ndarray | None  # [N] bool: score below `threshold`
     threshold: float | None = None
 
+    @classmethod
+    def empty(cls, classes: int, threshold: float) -> "Classified":
+        return cls(np.zeros((0, classes), np.float32), np.zeros(0), np.zeros(0, bool), threshold)
+
 
 class Predictor:
     """Common face of every artifact kind."""
@@ -87,10 +91,7 @@ class KerasPredictor(Predictor):
                                 "logits layer); train it again with this version of retail-vision")
             outputs = open_world_outputs(self.model)
             self._outputs = tf.function(lambda x: outputs(x, training=False), reduce_retracing=True)
-        images = np.asarray(images, np.float32)
-        batches = [{k: v.numpy() for k, v in self._outputs(images[i : i + batch_size]).items()}
-                   for i in range(0, len(images), batch_size)]
-        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]} if batches else {}
+        return _joined_batches(self._outputs, np.asarray(images, np.float32), batch_size)
 
     def classify(self, images) -> Classified:
         if self.rejection is None:
@@ -100,7 +101,7 @@ class KerasPredictor(Predictor):
 
         outputs, threshold = self.outputs(images), self.rejection.threshold
         if not outputs:
-            return Classified(np.zeros((0, len(self.labels)), np.float32), np.zeros(0), np.zeros(0, bool), threshold)
+            return Classified.empty(len(self.labels), threshold)
         scores = np.asarray(rejection_scores(self.rejection.score, outputs["probabilities"], outputs["logits"],
                                              outputs["embedding"], class_directions(self.model)))
         return Classified(outputs["probabilities"], scores, self.rejection.unknown(scores), threshold)
@@ -158,10 +159,7 @@ class SavedModelRunner:
         """Every output of `serve_images` (probabilities, embedding, score, unknown, labels, scores), as arrays."""
         import tensorflow as tf
 
-        batches = [{k: v.numpy() for k, v in self.serve_images(images=tf.constant(images[i : i + batch_size],
-                                                                                   tf.uint8)).items()}
-                   for i in range(0, len(images), batch_size)]
-        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]} if batches else {}
+        return _joined_batches(lambda batch: self.serve_images(images=tf.constant(batch, tf.uint8)), images, batch_size)
 
 
 class TFLiteRunner:
@@ -205,7 +203,7 @@ class SavedModelPredictor(Predictor):
             return super().classify(images)
         outputs, threshold = self.runner.outputs(np.asarray(images, np.uint8)), self.rejection.threshold
         if not outputs:
-            return Classified(np.zeros((0, len(self.labels)), np.float32), np.zeros(0), np.zeros(0, bool), threshold)
+            return Classified.empty(len(self.labels), threshold)
         return Classified(outputs["probabilities"], outputs["score"], outputs["unknown"], threshold)
 
 
@@ -273,6 +271,13 @@ def _keras_paths(path: str) -> tuple[str, str]:
     if os.path.isdir(path):
         return os.path.join(path, run_directory.MODEL_FILE), os.path.join(path, run_directory.LABELS_FILE)
     return path, os.path.join(os.path.dirname(path), run_directory.LABELS_FILE)
+
+
+def _joined_batches(call, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """`call(batch) -> {name: tensor}` over `images` in batches, each output joined into one array; {} for none."""
+    batches = [{k: v.numpy() for k, v in call(images[i : i + batch_size]).items()}
+               for i in range(0, len(images), batch_size)]
+    return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]} if batches else {}
 
 
 def _file_rejection(path: str) -> Rejection | None:
