@@ -170,9 +170,17 @@ def test_enroll_replaces_and_removes_classes(world, enrolled_world, tmp_path):
     assert replaced.report["enrollment"]["replaced"] == ["blue-carton"]
 
 
+@pytest.fixture(scope="module")
+def softmax_run(world):
+    _, _, _, root = world
+    recipe = tiny_recipe(root / "photos", root / "runs_softmax")
+    recipe["train"]["fine_tune"]["epochs"] = 0
+    return fit(Recipe.from_dict(recipe), verbose=0).run_dir
+
+
 @pytest.mark.parametrize("case", ["existing label", "no readable photo", "exported before", "unknown label",
-                                  "tflite file"])
-def test_bad_enrollments_are_one_line_exit_2_and_write_nothing(world, tmp_path, case):
+                                  "tflite file", "softmax head"])
+def test_bad_enrollments_are_one_line_exit_2_and_write_nothing(world, softmax_run, tmp_path, case):
     result, version, _, root = world
     photos = tmp_path / "photos"
     model, extra = result.run_dir, []
@@ -188,8 +196,11 @@ def test_bad_enrollments_are_one_line_exit_2_and_write_nothing(world, tmp_path, 
     elif case == "unknown label":
         shutil.copytree(root / "new", photos)
         extra = ["--remove", "purple-plum"]
-    else:
+    elif case == "tflite file":
         model = os.path.join(version, "tiny.int8.tflite")
+        shutil.copytree(root / "new", photos)
+    else:
+        model = softmax_run
         shutil.copytree(root / "new", photos)
     output = tmp_path / "exported"
     outcome = CliRunner().invoke(main, ["enroll", model, str(photos), "--output", str(output), *extra])
@@ -198,7 +209,7 @@ def test_bad_enrollments_are_one_line_exit_2_and_write_nothing(world, tmp_path, 
     assert error.startswith("error: ") and len(outcome.output.strip().splitlines()) == 1, outcome.output
     expected = {"existing label": "already knows: blue-carton, green-pear, red-apple", "no readable photo": "broken-sku",
                 "exported before": "exported before enrollment", "unknown label": "purple-plum",
-                "tflite file": "not a .tflite file"}[case]
+                "tflite file": "not a .tflite file", "softmax head": "train it with model.head: cosine"}[case]
     assert expected in error
     assert not output.exists()
 
