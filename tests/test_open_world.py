@@ -256,3 +256,13 @@ def test_rehearsal_keeps_the_known_classes_within_the_allowed_drop():
     assert loose.rehearsal["stand_in_recall"] > strict.rehearsal["stand_in_recall"]
     assert strict.rehearsal["stand_ins"] == 3
     assert rehearse(embeddings[:3], logits[:3], truth[:3], 10.0, 1, 1.0) is None  # one class: nothing to rehearse
+
+
+def test_the_runs_report_shows_calibration_before_and_after_the_temperature(enrolled_world):
+    result, _ = enrolled_world
+    report = os.path.join(result.run_dir, "report")
+    metrics = json.loads(open(os.path.join(report, "metrics.json")).read())
+    assert metrics["ece_before_temperature"] == pytest.approx(result.metrics["calibration"]["ece_uncalibrated"],
+                                                             abs=0.02)
+    assert os.path.isfile(os.path.join(report, "reliability_before.png"))
+    assert "Calibration before the temperature" in open(os.path.join(report, "report.md")).read()

@@ -18,6 +18,7 @@ The metrics dict (returned, written to metrics.json, printed by `retail-vision e
     balanced_accuracy  mean recall over the classes that have images in DATA
     log_loss           mean -ln p(true class), p clipped to [1e-15, 1 - 1e-15]
     ece                expected calibration error: 15 equal-width bins of top-1 confidence
+    ece_before_temperature  the same before the calibration temperature; only in a report given one (fit's)
     coarse_top1        share of predictions in the true class's coarse group (Apple for Granny-Smith);
                        null without a hierarchy
     per_class          {class: {precision, recall, f1, support}} for every model class, in label order;
@@ -55,7 +56,8 @@ HIERARCHY_SEARCH_DEPTH = 3  # DATA's folder, its parent, its grandparent: grocer
 
 
 def evaluate(model, data=None, report_dir: str | None = None, class_names: str | None = None,
-             hierarchy: str | None = None, top_k: int = 5, batch_size: int = 32, classes: str = "all") -> dict:
+             hierarchy: str | None = None, top_k: int = 5, batch_size: int = 32, classes: str = "all",
+             temperature: float | None = None) -> dict:
     """Score MODEL on DATA.
 
     MODEL: any artifact `load_predictor` takes (a path, a `Predictor` such as `fit(...).predictor`,
@@ -64,6 +66,8 @@ def evaluate(model, data=None, report_dir: str | None = None, class_names: str |
     is given; returns the metrics dict described above. `class_names` is the class-name file for
     a manifest whose labels are ids. `classes`: "all" scores photos of classes the model does not
     know as unknown products (when it has a rejection threshold); "known" leaves them out.
+    `temperature`: the calibration temperature folded into MODEL (`fit` passes it), so the report
+    also shows the reliability diagram and ECE as they were before it.
     """
     from retail_vision.artifacts import load_predictor
 
@@ -98,7 +102,7 @@ def evaluate(model, data=None, report_dir: str | None = None, class_names: str |
         description={"model": model_name, "data": data_name, "hierarchy": hierarchy_file,
                      "classes_not_in_model": not_in_model}, coarse_of=coarse_of,
         groups=coarse_of or _folder_groups(examples, data_name), history=history,
-        report_dir=report_dir, top_k=top_k, batch_size=batch_size,
+        report_dir=report_dir, top_k=top_k, batch_size=batch_size, temperature=temperature,
     )
 
 
@@ -115,7 +119,7 @@ def _run_validation(model) -> sources.Examples:
 
 
 def _score(predictor, examples, unknown_paths, description, coarse_of, groups, history, report_dir, top_k,
-           batch_size) -> dict:
+           batch_size, temperature) -> dict:
     labels = predictor.labels
     probs, scores, kept, skipped, threshold = _predict_files(predictor, examples.paths, batch_size)
     if not kept:
@@ -136,7 +140,8 @@ def _score(predictor, examples, unknown_paths, description, coarse_of, groups, h
     if report_dir:
         from retail_vision.evaluation.report import write_report  # matplotlib only when a report is asked for
 
-        write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history, open_set_scores)
+        write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history, open_set_scores,
+                     temperature)
     return results
 
 

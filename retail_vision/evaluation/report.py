@@ -6,6 +6,7 @@
         predictions.csv        file,true,predicted,confidence,top_k   (top_k: 'label:prob|label:prob...')
         confusion_matrix.csv   counts; rows true classes, columns predicted classes, model label order
         confusion_matrix.png, worst_mistakes.png, reliability.png
+        reliability_before.png only with the calibration temperature: the diagram before it
         open_set.png           only when photos of unknown products were scored: both score histograms
         training_curves.png    only when the model comes with its run's history.json
 
@@ -31,6 +32,7 @@ PICTURES = {  # file -> section title, in report order
     "confusion_matrix.png": "Confusion matrix",
     "worst_mistakes.png": "Most confident mistakes",
     "reliability.png": "Calibration",
+    "reliability_before.png": "Calibration before the temperature",
     "open_set.png": "Known and unknown products",
     "training_curves.png": "Training curves",
 }
@@ -38,15 +40,24 @@ PICTURES = {  # file -> section title, in report order
 
 def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs, labels: list[str],
                  top_k: int = 5, groups: dict[str, str] | None = None, history: dict | None = None,
-                 open_set_scores: tuple | None = None) -> None:
+                 open_set_scores: tuple | None = None, temperature: float | None = None) -> None:
     """Write every file of the report; `results` is the metrics dict, `groups` orders the matrix.
 
     `open_set_scores`: (known photos' rejection scores, unknown photos', threshold), when scored.
+    `temperature`: the one folded into the model; the probabilities before it are
+    softmax(temperature * log p), the same top class.
     """
     os.makedirs(report_dir, exist_ok=True)
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)
     matrix = metrics_lib.confusion_matrix(y_true, y_pred, len(labels))
+    if temperature is not None:
+        logits = temperature * np.log(np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0))
+        before = np.exp(logits - logits.max(axis=1, keepdims=True))
+        before /= before.sum(axis=1, keepdims=True)
+        results["ece_before_temperature"] = metrics_lib.expected_calibration_error(y_true, before)
+        plots.plot_reliability(metrics_lib.calibration_bins(y_true, before), results["ece_before_temperature"],
+                               os.path.join(report_dir, "reliability_before.png"))
     _write_json(os.path.join(report_dir, "metrics.json"), results)
     _write_predictions(os.path.join(report_dir, "predictions.csv"), paths, y_true, probs, labels, top_k)
     _write_matrix(os.path.join(report_dir, "confusion_matrix.csv"), matrix, labels)
@@ -111,6 +122,7 @@ SUMMARY_ROWS = [  # (key, label, format)
     ("macro_f1", "macro F1", "{:.3f}"),
     ("log_loss", "log loss", "{:.3f}"),
     ("ece", "expected calibration error", "{:.3f}"),
+    ("ece_before_temperature", "ECE before the temperature", "{:.3f}"),
 ]
 
 
@@ -125,7 +137,7 @@ OPEN_WORLD_ROWS = [  # (key of results["open_world"], label, format)
 
 def summary_rows(results: dict) -> list[tuple[str, str]]:
     rows = [(label, fmt.format(results[key]) if results.get(key) is not None else "n/a (no hierarchy)")
-            for key, label, fmt in SUMMARY_ROWS]
+            for key, label, fmt in SUMMARY_ROWS if key in results]
     if results.get("open_world"):
         rows += [(label, fmt.format(results["open_world"][key]) if results["open_world"][key] is not None else "n/a")
                  for key, label, fmt in OPEN_WORLD_ROWS]

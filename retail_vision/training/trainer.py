@@ -156,7 +156,9 @@ def _write_reports(the_plan: Plan, result: RunResult) -> None:
     from retail_vision.evaluation.evaluator import evaluate
 
     if the_plan.data.validation is not None:  # TFDS sources have no files to report on
-        evaluate(result.run_dir, report_dir=os.path.join(result.run_dir, run_directory.REPORT_FOLDER))
+        calibrated = result.metrics["calibration"]
+        evaluate(result.run_dir, report_dir=os.path.join(result.run_dir, run_directory.REPORT_FOLDER),
+                 temperature=calibrated["temperature"] if calibrated else None)
     if the_plan.data.test is not None:
         tested = evaluate(result.run_dir, the_plan.data.test,
                           report_dir=os.path.join(result.run_dir, run_directory.TEST_REPORT_FOLDER))
