@@ -57,7 +57,7 @@ def build_classifier(
     dropout: float = 0.2,
     image_size: int | None = None,
     name: str = "classifier",
-    head: str = "softmax",
+    head: str = "cosine",
 ) -> keras.Model:
     """image (0..255) -> preprocessing -> backbone -> pooling -> dropout -> logits -> softmax (float32)."""
     if head not in HEADS:

@@ -173,7 +173,7 @@ def test_enroll_replaces_and_removes_classes(world, enrolled_world, tmp_path):
 @pytest.fixture(scope="module")
 def softmax_run(world):
     _, _, _, root = world
-    recipe = tiny_recipe(root / "photos", root / "runs_softmax")
+    recipe = tiny_recipe(root / "photos", root / "runs_softmax", model={"head": "softmax"})
     recipe["train"]["fine_tune"]["epochs"] = 0
     return fit(Recipe.from_dict(recipe), verbose=0).run_dir
 
