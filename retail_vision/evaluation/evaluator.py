@@ -18,7 +18,8 @@ The metrics dict (returned, written to metrics.json, printed by `retail-vision e
     balanced_accuracy  mean recall over the classes that have images in DATA
     log_loss           mean -ln p(true class), p clipped to [1e-15, 1 - 1e-15]
     ece                expected calibration error: 15 equal-width bins of top-1 confidence
-    ece_before_temperature  the same before the calibration temperature; only in a report given one (fit's)
+    ece_before_temperature  the same before the calibration temperature given as `temperature` (fit's report);
+                       null without it
     coarse_top1        share of predictions in the true class's coarse group (Apple for Granny-Smith);
                        null without a hierarchy
     per_class          {class: {precision, recall, f1, support}} for every model class, in label order;
@@ -129,7 +130,14 @@ def _score(predictor, examples, unknown_paths, description, coarse_of, groups, h
     paths = [examples.paths[i] for i in kept]
     y_true = np.array([examples.labels[i] for i in kept])
     results = {**description, "images": len(kept), "skipped_files": skipped, "classes": len(labels),
-               **metrics_lib.compute(y_true, probs, labels, coarse_of), "open_world": None}
+               **metrics_lib.compute(y_true, probs, labels, coarse_of), "open_world": None,
+               "ece_before_temperature": None}
+    before = None
+    if temperature is not None:  # logits = T * log p up to a constant per row: the same top class
+        logits = temperature * np.log(np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0))
+        before = np.exp(logits - logits.max(axis=1, keepdims=True))
+        before /= before.sum(axis=1, keepdims=True)
+        results["ece_before_temperature"] = metrics_lib.expected_calibration_error(y_true, before)
     open_set_scores = None
     if unknown_paths:
         _, unknown_scores, _, unknown_skipped, _ = _predict_files(predictor, unknown_paths, batch_size)
@@ -141,7 +149,7 @@ def _score(predictor, examples, unknown_paths, description, coarse_of, groups, h
         from retail_vision.evaluation.report import write_report  # matplotlib only when a report is asked for
 
         write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history, open_set_scores,
-                     temperature)
+                     before)
     return results
 
 

@@ -40,24 +40,19 @@ PICTURES = {  # file -> section title, in report order
 
 def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs, labels: list[str],
                  top_k: int = 5, groups: dict[str, str] | None = None, history: dict | None = None,
-                 open_set_scores: tuple | None = None, temperature: float | None = None) -> None:
+                 open_set_scores: tuple | None = None, probs_before_temperature=None) -> None:
     """Write every file of the report; `results` is the metrics dict, `groups` orders the matrix.
 
     `open_set_scores`: (known photos' rejection scores, unknown photos', threshold), when scored.
-    `temperature`: the one folded into the model; the probabilities before it are
-    softmax(temperature * log p), the same top class.
+    `probs_before_temperature`: the probabilities before the calibration temperature, for their diagram.
     """
     os.makedirs(report_dir, exist_ok=True)
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)
     matrix = metrics_lib.confusion_matrix(y_true, y_pred, len(labels))
-    if temperature is not None:
-        logits = temperature * np.log(np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0))
-        before = np.exp(logits - logits.max(axis=1, keepdims=True))
-        before /= before.sum(axis=1, keepdims=True)
-        results["ece_before_temperature"] = metrics_lib.expected_calibration_error(y_true, before)
-        plots.plot_reliability(metrics_lib.calibration_bins(y_true, before), results["ece_before_temperature"],
-                               os.path.join(report_dir, "reliability_before.png"))
+    if probs_before_temperature is not None:
+        plots.plot_reliability(metrics_lib.calibration_bins(y_true, probs_before_temperature),
+                               results["ece_before_temperature"], os.path.join(report_dir, "reliability_before.png"))
     _write_json(os.path.join(report_dir, "metrics.json"), results)
     _write_predictions(os.path.join(report_dir, "predictions.csv"), paths, y_true, probs, labels, top_k)
     _write_matrix(os.path.join(report_dir, "confusion_matrix.csv"), matrix, labels)
@@ -137,7 +132,7 @@ OPEN_WORLD_ROWS = [  # (key of results["open_world"], label, format)
 
 def summary_rows(results: dict) -> list[tuple[str, str]]:
     rows = [(label, fmt.format(results[key]) if results.get(key) is not None else "n/a (no hierarchy)")
-            for key, label, fmt in SUMMARY_ROWS if key in results]
+            for key, label, fmt in SUMMARY_ROWS if key != "ece_before_temperature" or results.get(key) is not None]
     if results.get("open_world"):
         rows += [(label, fmt.format(results["open_world"][key]) if results["open_world"][key] is not None else "n/a")
                  for key, label, fmt in OPEN_WORLD_ROWS]
