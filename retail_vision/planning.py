@@ -68,6 +68,8 @@ class Plan:
         recipe, data = self.recipe, self.data
         lines = [
             f"backbone:   {self.backbone.name}, {self.image_size} px, weights {recipe.model.weights}",
+            f"head:       {recipe.model.head}; unknown products: {recipe.rejection.score} below the level that keeps "
+            f"{recipe.rejection.keep_known:.0%} of the validation photos",
             f"classes:    {len(data.class_names)}",
             f"train:      {_count(data.train_count, 'image')}",
             f"validation: {_count(data.validation_count, 'image')}",
