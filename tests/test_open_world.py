@@ -4,6 +4,7 @@ A tiny cosine-head model learns three colour classes; a black photo is the unkno
 (its top probability is below every validation photo's), a magenta class is enrolled.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -153,6 +154,20 @@ def test_enroll_adds_a_class_that_every_artifact_names(world, enrolled_world, tm
         assert predictor.labels[predictor.predict(images).argmax()] == "magenta-soap", artifact
     rows = {row["artifact"]: row for row in report["artifacts"]}
     assert rows["saved_model:image_bytes"]["agreement"] == 1.0 and rows["tflite:float32"]["agreement"] == 1.0
+    if importlib.util.find_spec("mediapipe"):  # as a device client runs it: MediaPipe, a fresh process
+        script = (
+            "import sys, mediapipe as mp\n"
+            "from mediapipe.tasks.python import vision\n"
+            "from mediapipe.tasks.python.core.base_options import BaseOptions\n"
+            "options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]), "
+            "max_results=1)\n"
+            "with vision.ImageClassifier.create_from_options(options) as c:\n"
+            "    print(c.classify(mp.Image.create_from_file(sys.argv[2])).classifications[0].categories[0]"
+            ".category_name)\n"
+        )
+        named = subprocess.run([sys.executable, "-c", script, os.path.join(new_version, "tiny.int8.tflite"),
+                                str(samples / "magenta.jpg")], capture_output=True, text=True, check=True)
+        assert named.stdout.strip().splitlines()[-1] == "magenta-soap"
 
 
 def test_enroll_replaces_and_removes_classes(world, enrolled_world, tmp_path):
