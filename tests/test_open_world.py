@@ -27,7 +27,7 @@ MAGENTA = (200, 40, 200)  # far from the three trained colours in the tiny model
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """(run result, exported version, folder of sample photos: known red, unknown two-colour, new magenta)."""
+    """(run result, exported version, sample photos: known red, unknown black, new magenta, and the root)."""
     root = tmp_path_factory.mktemp("open_world")
     recipe = tiny_recipe(write_class_folders(root / "photos"), root / "runs", model={"head": "cosine"},
                          rejection={"keep_known": 1.0})
