@@ -133,6 +133,7 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
     held_out = _held_out(split, new, labels)
     result = export_model(predictor, output=source.output, name=name or source.name,
                           tflite_kinds=source.tflite_kinds, data=held_out, split=split,
+                          embedders_from=os.fspath(model) if os.path.isdir(model) else None,
                           report_extra={"enrollment": {
                               "source": os.path.abspath(model), "added": sorted(c for c in prototypes if c not in
                                                                                 source.predictor.labels),

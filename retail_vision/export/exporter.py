@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -49,6 +50,7 @@ def export_model(
     seed: int = 0,
     split: dict | None = None,
     report_extra: dict | None = None,
+    embedders_from: str | None = None,
 ) -> ExportResult:
     """Export a run directory, a `.keras` file or a Keras model in hand (`fit(...).predictor`).
 
@@ -56,6 +58,8 @@ def export_model(
     files a run recorded in its split.json, and int8 calibrates on its training files.
     `split`: {"train", "validation": Examples} of a model in hand (a run's are read from its folder).
     The version folder keeps the split, so `enroll` and `evaluate` find the photos again.
+    `embedders_from`: a version folder whose model has the same backbone weights (`enroll`'s
+    source): its embedder files are copied instead of converted again.
     """
     unknown = [kind for kind in tflite_kinds if kind not in tflite.KINDS]
     if unknown:
@@ -123,10 +127,15 @@ def export_model(
                 row.update(size_bytes=len(flatbuffer), score_threshold=threshold)
             rows.append(row)
             if open_world is not None:
-                flatbuffer = tflite.convert(classifier, quantization, output="embedding")
-                if metadata:
-                    flatbuffer = tflite_metadata.add_embedder_metadata(flatbuffer, source.name)
-                path = _write_file(staging, f"{source.name}.embedder.{kind}.tflite", flatbuffer)
+                path = os.path.join(staging, f"{source.name}.embedder.{kind}.tflite")
+                same = _embedder_file(embedders_from, kind)
+                if same:  # the backbone is unchanged: the same file (its parity is still measured below)
+                    shutil.copyfile(same, path)
+                else:
+                    flatbuffer = tflite.convert(classifier, quantization, output="embedding")
+                    if metadata:
+                        flatbuffer = tflite_metadata.add_embedder_metadata(flatbuffer, source.name)
+                    _write_file(staging, os.path.basename(path), flatbuffer)
                 embedders.append(parity.measure_embedder(f"tflite-embedder:{kind}", path, TFLiteRunner(path).predict,
                                                          held_out, open_world["embedding"]))
 
@@ -207,6 +216,14 @@ def _quantization(kind: str, calibration_paths: list[str], size: int, resize: st
         return getattr(tflite.Quantization, f"for_{kind}")()
     images, _ = load_images(calibration_paths, size, resize)
     return tflite.Quantization.for_int8(images)
+
+
+def _embedder_file(folder: str | None, kind: str) -> str | None:
+    """The `<name>.embedder.<kind>.tflite` file in `folder`, if it has one."""
+    if folder is None or not os.path.isdir(folder):
+        return None
+    found = [name for name in os.listdir(folder) if name.endswith(f".embedder.{kind}.tflite")]
+    return os.path.join(folder, found[0]) if len(found) == 1 else None
 
 
 def _write_file(folder: str, name: str, content: bytes) -> str:
