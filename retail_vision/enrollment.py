@@ -117,8 +117,7 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
         if unreadable:
             problems.append(f"{photos}: no readable photo in class(es) {', '.join(unreadable)}")
     if problems:
-        raise (UserError(problems[0]) if len(problems) == 1 else
-               UserError("\n".join([f"enroll: {len(problems)} problems:"] + [f"  {p}" for p in problems])))
+        raise UserError(problems[0]) if len(problems) == 1 else UserError.listing(problems, "enroll")
 
     logit_map = _logit_map(source.predictor, source.split, len(prototypes), max_known_drop)
     classifier, labels = _with_classes(source.predictor.model, labels, prototypes, remove, logit_map)
@@ -129,7 +128,7 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
            f"recognised {rehearsal['stand_in_recall']:.0%}, the others losing {rehearsal['known_drop_points']:.1f} "
            "points" if rehearsal else " (no validation photos to rehearse on: the trained scale)"))
     predictor = KerasPredictor(classifier, labels, source.predictor.resize, source.predictor.rejection)
-    split = _split_with(source.split, new, labels, remove)
+    split = _split_with(source.split, new, labels)
     held_out = _held_out(split, new, labels)
     result = export_model(predictor, output=source.output, name=name or source.name,
                           tflite_kinds=source.tflite_kinds, data=held_out, split=split,
@@ -255,8 +254,8 @@ def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarra
     return model, new_labels
 
 
-def _split_with(split: dict | None, new: sources.Examples | None, labels: list[str], remove) -> dict | None:
-    """The source's split in the new label order, the enrollment photos added to train."""
+def _split_with(split: dict | None, new: sources.Examples | None, labels: list[str]) -> dict | None:
+    """The source's split in the new label order (removed classes gone), the enrollment photos added to train."""
     if split is None:
         return None
     kept = {part: examples.in_classes(labels)[0] for part, examples in split.items()}

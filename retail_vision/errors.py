@@ -4,15 +4,15 @@
 class UserError(Exception):
     """Bad input: recipe, data, weights or usage. The message is one line that says what to fix."""
 
-
-class RecipeError(UserError):
-    """A recipe field is unknown, of the wrong type or out of range."""
-
     @classmethod
-    def listing(cls, problems: list[str], where: str | None = None) -> "RecipeError":
+    def listing(cls, problems: list[str], where: str | None = None) -> "UserError":
         """One error for several problems: a header line, then one indented line per problem."""
         header = f"{where}: {len(problems)} problems:" if where else f"{len(problems)} problems:"
         return cls("\n".join([header] + [f"  {problem}" for problem in problems]))
+
+
+class RecipeError(UserError):
+    """A recipe field is unknown, of the wrong type or out of range."""
 
 
 class DataError(UserError):

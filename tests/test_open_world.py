@@ -284,3 +284,17 @@ def test_the_runs_report_shows_calibration_before_and_after_the_temperature(enro
                                                              abs=0.02)
     assert os.path.isfile(os.path.join(report, "reliability_before.png"))
     assert "Calibration before the temperature" in open(os.path.join(report, "report.md")).read()
+
+
+def test_every_enrollment_problem_is_named_at_once(world, tmp_path):
+    result, _, _, _ = world
+    photos = write_class_folders(tmp_path / "photos", per_class=1, nested=False)
+    (photos / "broken-sku").mkdir()
+    (photos / "broken-sku" / "a.jpg").write_bytes(b"not a jpeg")
+    outcome = CliRunner().invoke(main, ["enroll", result.run_dir, str(photos), "--remove", "purple-plum",
+                                        "--output", str(tmp_path / "exported")])
+    assert outcome.exit_code == 2
+    lines = outcome.output.strip().splitlines()
+    assert lines[0] == "error: enroll: 3 problems:" and len(lines) == 4
+    assert "already knows" in lines[1] and "purple-plum" in lines[2] and "broken-sku" in lines[3]
+    assert not (tmp_path / "exported").exists()
