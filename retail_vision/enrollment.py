@@ -191,8 +191,8 @@ def rehearse(embeddings: np.ndarray, logits: np.ndarray, truth: np.ndarray, trai
         sums = np.stack([embeddings[truth == c].sum(axis=0) for c in group])
         cosines = embeddings @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T  # [N, G]
         own = np.flatnonzero(stand_in)
-        position = np.searchsorted(np.sort(group), truth[own])
-        column = np.argsort(group)[position]
+        column_of = {c: j for j, c in enumerate(group)}
+        column = np.array([column_of[c] for c in truth[own]])  # each stand-in photo's own prototype
         left_out = sums[column] - embeddings[own]
         cosines[own, column] = np.sum(embeddings[own] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
         rest = logits.copy()
@@ -223,11 +223,12 @@ def _logit_map(predictor: KerasPredictor, split: dict | None, new_classes: int, 
         images, failures = load_images(validation.paths, predictor.image_size, predictor.resize)
         failed = {path for path, _ in failures}
         truth = np.array([label for path, label in zip(validation.paths, validation.labels) if path not in failed])
-        outputs = predictor.outputs(images) if len(images) else None
-        rehearsed = outputs and rehearse(outputs["embedding"], outputs["logits"], truth, trained_scale,
-                                         new_classes, max_known_drop)
-        if rehearsed:
-            return rehearsed
+        if len(images):
+            outputs = predictor.outputs(images)
+            rehearsed = rehearse(outputs["embedding"], outputs["logits"], truth, trained_scale, new_classes,
+                                 max_known_drop)
+            if rehearsed is not None:
+                return rehearsed
     return LogitMap(trained_scale, 0.0, None)
 
 
