@@ -185,8 +185,8 @@ def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_dro
 @click.option("--remove", multiple=True, metavar="LABEL", help="Drop a class (repeat for several).")
 @click.option("--class-names", type=click.Path(dir_okay=False), help="Class-name file for a manifest of label ids.")
 @click.option("--max-known-drop", type=click.FloatRange(min=0.0),
-              help="Points of accuracy the known classes may lose when enrollment is rehearsed on their validation "
-              "photos (default 2.5); more lets the new classes win more photos.")
+              help="Points of top-1 the known classes' validation photos may lose to the new classes (default 1.0); "
+              "more lets the new classes win more photos.")
 @_user_errors_exit_2
 def enroll(model, photos, output, name, replace, remove, class_names, max_known_drop):
     """Teach MODEL (run dir or exported version) the products in PHOTOS (one folder per product), no training.

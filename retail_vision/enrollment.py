@@ -2,11 +2,15 @@
 
 Each new class's vector is its prototype: the mean L2-normalised embedding of its photos. The
 head gets one more class vector per product:
-- cosine head (the only one enrollment takes): logit = a * cos(embedding, prototype) + b.
-  Trained class vectors and prototypes sit differently in feature space (a trained vector has
-  cosine ~0.3 with its own photos, a prototype more with every photo), so a and b are chosen by
-  rehearsing enrollment on the known validation photos (`rehearse`): known classes stand in for
-  new ones, and (a, b) recognise them best while the others lose at most `max_known_drop` points.
+- cosine head (the only one enrollment takes): logit = a * (cos(embedding, prototype) - g * nearest) + b,
+  `nearest` being the embedding's highest cosine to a trained class's mean embedding (kept in
+  the head at the end of fit). Trained class vectors and prototypes sit differently in feature
+  space (a trained vector has cosine ~0.3 with its own photos, a prototype more with every
+  photo), so the raw cosine cannot be compared with the trained logits; the gate g lets a new
+  class win a photo only when the photo is nearer its prototype than any trained class's photos.
+  (a, b, g) is chosen (`choose_logit_map`) to recognise the enrollment photos best, each left out
+  of its own prototype, while the known validation photos lose at most `max_known_drop` points
+  to the real prototypes.
 A softmax (Dense) head is refused: prototypes "imprinted" into it (Qi et al., 2018) took every
 known photo on the grocery benchmark, because its vectors act on unnormalised features.
 The calibration temperature is already in the head's weights, so the new vectors share it. The
@@ -32,10 +36,9 @@ from retail_vision.errors import DataError, UserError
 from retail_vision.export.exporter import DEFAULTS, ExportResult, export_model
 from retail_vision.rejection import UNKNOWN_LABEL, Rejection
 
-# Points the known classes may lose in the rehearsal. The rehearsal overstates the loss (its
-# stand-ins are classes the features were trained on): on the grocery benchmark 2.5 rehearsed
-# points cost the known classes 0.9 real ones (docs/BENCHMARKS.md, "Open world").
-MAX_KNOWN_DROP = 2.5
+# Points of top-1 the known classes' validation photos may lose to the new classes (the
+# open-world issue's bound).
+MAX_KNOWN_DROP = 1.0
 
 
 @dataclasses.dataclass
@@ -91,8 +94,8 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
 
     MODEL: a run directory or an exported version folder. PHOTOS: a folder of class folders (one per
     product, one or more photos each) or a manifest; None with only `remove`. `max_known_drop`:
-    the points of accuracy the known classes may lose in the rehearsal that sets the new classes'
-    logit scale (more lets the new classes win more photos).
+    the points of top-1 the known classes' validation photos may lose to the new classes (more lets
+    the new classes win more photos).
     """
     started = time.perf_counter()
     source = _Model.of(model, output)
@@ -111,22 +114,23 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
         problems.append(f"--remove: not a class of the model: {', '.join(missing)} (it has {len(labels)} classes)")
     if new is None and not remove:
         problems.append("nothing to do: give PHOTOS (a folder of class folders or a manifest) or --remove LABEL")
-    prototypes = {}
+    prototypes, enrolled = {}, None
     if new is not None:
-        prototypes, unreadable = _prototypes(source.predictor, new)
+        prototypes, enrolled, unreadable = _prototypes(source.predictor, new)
         if unreadable:
             problems.append(f"{photos}: no readable photo in class(es) {', '.join(unreadable)}")
     if problems:
         raise UserError(problems[0]) if len(problems) == 1 else UserError.listing(problems, "enroll")
 
-    logit_map = _logit_map(source.predictor, source.split, len(prototypes), max_known_drop)
+    logit_map = _logit_map(source, prototypes, enrolled, set(remove) | set(prototypes), max_known_drop)
     classifier, labels = _with_classes(source.predictor.model, labels, prototypes, remove, logit_map)
-    rehearsal = logit_map.rehearsal
+    choice = logit_map.choice
     log(f"enrolled {len(prototypes)} class(es), removed {len(remove)}: {len(labels)} classes "
-        f"({time.perf_counter() - started:.1f} s); prototype logit {logit_map.scale:.2f} * cosine {logit_map.bias:+.2f}"
-        + (f", rehearsed on {rehearsal['photos']} validation photos: {rehearsal['stand_ins']} stand-in classes "
-           f"recognised {rehearsal['stand_in_recall']:.0%}, the others losing {rehearsal['known_drop_points']:.1f} "
-           "points" if rehearsal else " (no validation photos to rehearse on: the trained scale)"))
+        f"({time.perf_counter() - started:.1f} s); prototype logit {logit_map.scale:.2f} * (cosine - "
+        f"{logit_map.gate:.2f} * nearest trained class mean's) {logit_map.bias:+.2f}"
+        + (f"; the {choice['photos']} validation photos of known classes lose {choice['known_drop_points']:.1f} "
+           f"points, new classes recognised {choice['recall']:.0%} ({choice['recall_from']})" if choice else
+           " (no validation photos to choose it on: the trained scale)"))
     predictor = KerasPredictor(classifier, labels, source.predictor.resize, source.predictor.rejection)
     split = _split_with(source.split, new, labels)
     held_out = _held_out(split, new, labels)
@@ -143,93 +147,203 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
     return result
 
 
-def _prototypes(predictor: KerasPredictor, new: sources.Examples) -> tuple[dict[str, np.ndarray], list[str]]:
-    """({class: unit mean embedding of its readable photos}, [classes with none])."""
+def _prototypes(predictor: KerasPredictor, new: sources.Examples):
+    """({class: unit mean embedding of its readable photos}, those photos through the model (Scored, class
+    index into the prototypes) or None, [classes with none])."""
     images, failures = load_images(new.paths, predictor.image_size, predictor.resize)
     failed = {path for path, _ in failures}
-    kept = [label for path, label in zip(new.paths, new.labels) if path not in failed]
-    embeddings = predictor.outputs(images)["embedding"] if len(images) else np.zeros((0, 1))
+    kept = np.array([label for path, label in zip(new.paths, new.labels) if path not in failed], np.int64)
+    if not len(images):
+        return {}, None, list(new.class_names)
+    outputs = predictor.outputs(images)
     prototypes = {}
     for index, name in enumerate(new.class_names):
-        rows = embeddings[np.asarray(kept) == index] if kept else embeddings[:0]
+        rows = outputs["embedding"][kept == index]
         if len(rows):
             mean = rows.mean(axis=0)
             prototypes[name] = mean / np.linalg.norm(mean)
-    return prototypes, [name for name in new.class_names if name not in prototypes]
+    column = {index: j for j, index in enumerate(i for i, name in enumerate(new.class_names) if name in prototypes)}
+    enrolled = Scored(outputs["embedding"], outputs["logits"], np.array([column[i] for i in kept]))
+    return prototypes, enrolled, [name for name in new.class_names if name not in prototypes]
+
+
+def _logit_map(source: _Model, prototypes: dict[str, np.ndarray], enrolled: Scored | None, dropped: set[str],
+               max_known_drop: float) -> LogitMap:
+    """The map chosen on the source's validation photos of the classes it keeps, or the trained scale
+    with no bias or gate without them (or with nothing enrolled)."""
+    layer = source.predictor.model.get_layer(LOGITS_LAYER)
+    labels = source.predictor.labels
+    dropped = dropped & set(labels)
+    dropped_columns = [i for i, label in enumerate(labels) if label in dropped]
+    means = trained_means(layer, dropped_columns)
+    trained = layer.gate.numpy() == 0 if layer.with_means else np.ones(len(labels), bool)
+    trained_scale = float(np.mean(layer.scale.numpy()[trained]))
+    known = _known_photos(source.predictor, source.split, dropped) if prototypes else None
+    if known is None:
+        return LogitMap(trained_scale, 0.0, 0.0, None)
+    if means is None:
+        log("this model carries no class means (trained before they were kept): enrolled classes are told apart "
+            "from the trained ones by the scale and bias alone; train it again for better enrollment")
+    enrolled = dataclasses.replace(enrolled, logits=np.where(np.isin(np.arange(len(labels)), dropped_columns),
+                                                             -np.inf, enrolled.logits))
+    return choose_logit_map(known, enrolled, np.stack(list(prototypes.values())), means, trained_scale,
+                            max_known_drop)
 
 
 @dataclasses.dataclass(frozen=True)
 class LogitMap:
-    """A prototype's logit: scale * cos(embedding, prototype) + bias, and what rehearsing it measured."""
+    """A prototype's logit: scale * (cos(embedding, prototype) - gate * nearest) + bias, where `nearest` is the
+    embedding's highest cosine to a trained class's mean; and what choosing it measured."""
 
     scale: float
     bias: float
-    rehearsal: dict | None  # {photos, rounds, stand_ins, known_drop_points, stand_in_recall}; None: not rehearsed
+    gate: float
+    choice: dict | None  # {photos, known_drop_points, recall, recall_from, ...}; None: nothing to choose on
 
 
-def rehearse(embeddings: np.ndarray, logits: np.ndarray, truth: np.ndarray, trained_scale: float, new_classes: int,
-             max_known_drop: float, rounds: int = 8, seed: int = 0) -> LogitMap | None:
-    """The prototype logit map, rehearsed on known photos (their embeddings, trained logits and classes).
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """Photos through the source model: unit embeddings [N, D], logits [N, C] and a class index [N]."""
 
-    Each round, `new_classes` known classes (at most half of them) stand in for new products: their
-    trained vectors are dropped and their photos' prototypes take their place (a photo's own
-    class prototype leaves it out). Of the (scale, bias) grid, the one whose stand-ins are
-    recognised best while the other photos lose at most `max_known_drop` points wins; if none
-    keeps that, the one that loses least. None when fewer than 2 classes have 2 photos.
-    """
+    embeddings: np.ndarray
+    logits: np.ndarray
+    truth: np.ndarray
+
+
+class _Grid:
+    """The (scale, bias, gate) candidates, broadcast as [A, B, G, photos]."""
+
+    GATES = (0.0, 0.25, 0.5, 0.75, 1.0)  # shares of the nearest trained class mean's cosine taken off
+
+    def __init__(self, trained_scale: float, gated: bool):
+        self.scales = trained_scale * np.linspace(0.25, 3.0, 23)[:, None, None, None]
+        self.biases = trained_scale * np.linspace(-2.0, 0.5, 51)[None, :, None, None]
+        self.gates = np.array(self.GATES if gated else (0.0,))[None, None, :, None]
+
+    def logits(self, cosines: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+        return self.scales * (cosines - self.gates * nearest) + self.biases
+
+    def at(self, index: tuple) -> tuple[float, float, float]:
+        a, b, g = index
+        return float(self.scales[a, 0, 0, 0]), float(self.biases[0, b, 0, 0]), float(self.gates[0, 0, g, 0])
+
+
+def _nearest_mean(embeddings: np.ndarray, means: np.ndarray | None) -> np.ndarray:
+    return np.zeros(len(embeddings)) if means is None or not len(means) else (embeddings @ means.T).max(axis=1)
+
+
+def _margin(margins: np.ndarray) -> np.ndarray:
+    """Mean of tanh(margin / 0.05) over the last axis, margins in cosine units (logits / scale): how
+    clearly the decisions are taken, for ties."""
+    return np.mean(np.tanh(margins / 0.05), axis=-1)
+
+
+def known_drop(grid: _Grid, known: Scored, prototypes: np.ndarray, means: np.ndarray | None):
+    """([A, B, G] points of top-1 the known photos lose to the prototypes under each candidate, [A, B, G]
+    mean margin by which they keep their class)."""
+    right = known.logits.argmax(axis=1) == known.truth
+    own = known.logits[np.arange(len(known.truth)), known.truth]
+    taken = grid.logits((known.embeddings @ prototypes.T).max(axis=1), _nearest_mean(known.embeddings, means))
+    return (right.mean() - np.mean(right & (own > taken), axis=-1)) * 100, _margin((own - taken) / grid.scales)
+
+
+def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
+    """([A, B, G] share of the enrollment photos recognised by a prototype made without them (leave one
+    out), over the classes with 2 or more photos, [A, B, G] mean margin of their logit over the known
+    classes'); None when no class has 2."""
+    counts = np.bincount(enrolled.truth)
+    rows = np.flatnonzero(counts[enrolled.truth] >= 2)
+    if not len(rows):
+        return None
+    embeddings, truth = enrolled.embeddings, enrolled.truth
+    sums = np.stack([embeddings[truth == c].sum(axis=0) for c in range(len(counts))])
+    unit_sums = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    cosines = embeddings[rows] @ unit_sums.T
+    left_out = sums[truth[rows]] - embeddings[rows]
+    own = np.sum(embeddings[rows] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
+    cosines[np.arange(len(rows)), truth[rows]] = -np.inf
+    margin = grid.logits(own, _nearest_mean(embeddings[rows], means)) - enrolled.logits[rows].max(axis=1)
+    return np.mean((own > cosines.max(axis=1)) & (margin > 0), axis=-1), _margin(margin / grid.scales)
+
+
+def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,
+                    seed: int = 0):
+    """(recall, margin) as `left_out_recall` gives them, of known photos recognised when their class stands in for a new one: its trained
+    vector and mean dropped, its other photos' prototype in their place. For one photo per new class,
+    which leaves nothing to leave out. It overstates the recall (the features were trained on these
+    classes). None when fewer than 2 classes have 2 photos."""
+    truth = known.truth
     eligible = [c for c in np.unique(truth) if np.sum(truth == c) >= 2]
     if len(eligible) < 2:
         return None
     group_size = int(np.clip(new_classes, 1, len(eligible) // 2))
-    scales = trained_scale * np.linspace(0.25, 3.0, 23)[:, None, None]
-    biases = trained_scale * np.linspace(-2.0, 0.5, 51)[None, :, None]
     rng = np.random.default_rng(seed)
-    drops, recalls = [], []
+    rounds_measured = []
     for _ in range(rounds):
         group = rng.choice(eligible, group_size, replace=False)
-        stand_in = np.isin(truth, group)
-        sums = np.stack([embeddings[truth == c].sum(axis=0) for c in group])
-        cosines = embeddings @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T  # [N, G]
-        own = np.flatnonzero(stand_in)
-        column_of = {c: j for j, c in enumerate(group)}
-        column = np.array([column_of[c] for c in truth[own]])  # each stand-in photo's own prototype
-        left_out = sums[column] - embeddings[own]
-        cosines[own, column] = np.sum(embeddings[own] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
-        rest = logits.copy()
-        rest[:, group] = -np.inf
-        known = ~stand_in
-        right = rest[known].argmax(axis=1) == truth[known]
-        kept = right & (rest[known, truth[known]] > scales * cosines[known].max(axis=1) + biases)
-        drops.append((right.mean() - kept.mean(axis=2)) * 100)
-        own_cos = cosines[own, column]
-        others = cosines[own].copy()
-        others[np.arange(len(own)), column] = -np.inf
-        recalls.append(np.mean((own_cos > others.max(axis=1)) & (scales * own_cos + biases > rest[own].max(axis=1)),
-                              axis=2))
-    drop, recall = np.mean(drops, axis=0), np.mean(recalls, axis=0)
+        own = np.flatnonzero(np.isin(truth, group))
+        stand_ins = Scored(known.embeddings[own], np.delete(known.logits[own], group, axis=1),
+                           np.searchsorted(np.sort(group), truth[own]))
+        rounds_measured.append(left_out_recall(grid, stand_ins,
+                                               None if means is None else np.delete(means, group, axis=0)))
+    return tuple(np.mean(measured, axis=0) for measured in zip(*rounds_measured))
+
+
+def choose_logit_map(known: Scored, enrolled: Scored, prototypes: np.ndarray, means: np.ndarray | None,
+                     trained_scale: float, max_known_drop: float) -> LogitMap:
+    """The candidate that recognises the new classes best while the known photos lose at most
+    `max_known_drop` points (if none keeps that, the one that loses least), the clearest margins
+    breaking ties. The known photos' loss is measured against the real prototypes; the new
+    classes' recall by leaving each enrollment photo out of its prototype, or with known classes
+    standing in for new ones when every class has one photo."""
+    grid = _Grid(trained_scale, gated=means is not None)
+    drop, kept_margin = known_drop(grid, known, prototypes, means)
+    measured, recall_from = left_out_recall(grid, enrolled, means), "enrollment photos, each left out"
+    if measured is None:
+        measured, recall_from = stand_in_recall(grid, known, means, len(prototypes)), "known classes standing in"
+    recall, won_margin = measured if measured is not None else (np.zeros_like(drop), np.zeros_like(drop))
+    # Many candidates tie on the counts; the one that decides both ways most clearly wins, not one at
+    # the edge of the region, where an int8 model's rounding would flip its decisions.
+    clear = 1e-3 * (kept_margin + won_margin)  # in cosine units: a larger scale is not clearer
     feasible = drop <= max_known_drop
-    choice = np.where(feasible, recall, -np.inf) if feasible.any() else -drop + 1e-3 * recall
-    a, b = np.unravel_index(np.argmax(choice), choice.shape)
-    return LogitMap(float(scales[a, 0, 0]), float(biases[0, b, 0]), {
-        "photos": int(len(truth)), "rounds": rounds, "stand_ins": group_size,
-        "known_drop_points": round(float(drop[a, b]), 2), "stand_in_recall": round(float(recall[a, b]), 4)})
+    choice = np.where(feasible, recall + clear, -np.inf) if feasible.any() else -drop + 1e-3 * recall
+    index = np.unravel_index(np.argmax(choice), choice.shape)
+    scale, bias, gate = grid.at(index)
+    return LogitMap(scale, bias, gate, {"photos": int(len(known.truth)), "known_drop_points":
+                                        round(float(drop[index]), 2), "recall": round(float(recall[index]), 4),
+                                        "recall_from": recall_from})
 
 
-def _logit_map(predictor: KerasPredictor, split: dict | None, new_classes: int, max_known_drop: float) -> LogitMap:
-    """The rehearsed map on the source's known validation photos, or the trained scale with no bias without them."""
-    trained_scale = float(np.mean(predictor.model.get_layer(LOGITS_LAYER).scale.numpy()))
-    validation = split["validation"].in_classes(predictor.labels)[0] if split is not None else None
-    if validation is not None and len(validation):
-        images, failures = load_images(validation.paths, predictor.image_size, predictor.resize)
-        failed = {path for path, _ in failures}
-        truth = np.array([label for path, label in zip(validation.paths, validation.labels) if path not in failed])
-        if len(images):
-            outputs = predictor.outputs(images)
-            rehearsed = rehearse(outputs["embedding"], outputs["logits"], truth, trained_scale, new_classes,
-                                 max_known_drop)
-            if rehearsed is not None:
-                return rehearsed
-    return LogitMap(trained_scale, 0.0, None)
+def _known_photos(predictor: KerasPredictor, split: dict | None, dropped: set[str]) -> Scored | None:
+    """The source's validation photos of the classes it keeps, through the source model (dropped classes'
+    logits at -inf); None without any."""
+    kept = [label for label in predictor.labels if label not in dropped]
+    validation = split["validation"].in_classes(kept)[0] if split is not None else None
+    if validation is None or not len(validation):
+        return None
+    images, failures = load_images(validation.paths, predictor.image_size, predictor.resize)
+    if not len(images):
+        return None
+    failed = {path for path, _ in failures}
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    truth = np.array([index[kept[label]] for path, label in zip(validation.paths, validation.labels)
+                      if path not in failed])
+    outputs = predictor.outputs(images)
+    logits = outputs["logits"].copy()
+    logits[:, [index[label] for label in dropped]] = -np.inf
+    return Scored(outputs["embedding"], logits, truth)
+
+
+def trained_means(layer, dropped_columns: list[int]) -> np.ndarray | None:
+    """[K, D] unit mean embeddings of the trained classes (gate 0) the head keeps; None if it has none."""
+    if not getattr(layer, "with_means", False):
+        return None
+    means, gate = layer.class_means.numpy().T, layer.gate.numpy()
+    keep = (gate == 0) & ~np.isin(np.arange(len(gate)), dropped_columns)
+    norms = np.linalg.norm(means, axis=1)
+    if not np.all(norms[keep] > 0):
+        return None
+    return means[keep] / norms[keep, None]
 
 
 def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarray], remove, logit_map: LogitMap):
@@ -239,19 +353,21 @@ def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarra
     from retail_vision.classifier import CosineLogits
 
     layer = classifier.get_layer(LOGITS_LAYER)
-    kernel, scale, bias = layer.get_weights()
-    columns = {label: kernel[:, i] for i, label in enumerate(labels)}
-    scales, biases = dict(zip(labels, scale)), dict(zip(labels, bias))
+    kernel, scale, bias = (w.numpy() for w in (layer.kernel, layer.scale, layer.bias))
+    means, gate = ((layer.class_means.numpy(), layer.gate.numpy()) if layer.with_means
+                   else (np.zeros_like(kernel), np.zeros_like(scale)))
+    rows = {label: (kernel[:, i], scale[i], bias[i], means[:, i], gate[i]) for i, label in enumerate(labels)}
     for label, prototype in prototypes.items():
-        columns[label], scales[label], biases[label] = prototype, logit_map.scale, logit_map.bias
-    new_labels = [label for label in columns if label not in remove]
+        rows[label] = (prototype, logit_map.scale, logit_map.bias, prototype, logit_map.gate)
+    new_labels = [label for label in rows if label not in remove]
 
-    logits = CosineLogits(len(new_labels), layer.initial_scale, dtype="float32", name=LOGITS_LAYER)
+    logits = CosineLogits(len(new_labels), layer.initial_scale, with_means=layer.with_means, dtype="float32",
+                          name=LOGITS_LAYER)
     features = classifier.get_layer(HEAD_LAYERS[0]).output
     probabilities = keras.layers.Softmax(dtype="float32", name=HEAD_LAYERS[2])(logits(features))
     model = keras.Model(classifier.input, probabilities, name=classifier.name)
-    logits.set_weights([np.stack([columns[c] for c in new_labels], axis=1), np.array([scales[c] for c in new_labels]),
-                        np.array([biases[c] for c in new_labels])])
+    columns = [np.stack([rows[c][k] for c in new_labels], axis=-1) for k in range(5)]
+    logits.set_weights(columns if layer.with_means else columns[:3])
     return model, new_labels
 
 

@@ -255,25 +255,38 @@ def test_evaluate_scores_photos_of_other_classes_as_unknown_products(world, tmp_
     assert known_only["open_world"] is None and known_only["images"] == 8
 
 
-def test_rehearsal_keeps_the_known_classes_within_the_allowed_drop():
+def test_the_logit_map_keeps_the_known_classes_within_the_allowed_drop():
     import numpy as np
 
-    from retail_vision.enrollment import rehearse
+    from retail_vision.enrollment import Scored, choose_logit_map
 
     def unit(v):
         return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
     rng = np.random.default_rng(0)
-    centres = unit(rng.normal(size=(8, 16)))
-    truth = np.repeat(np.arange(8), 6)
-    embeddings = unit(centres[truth] + 0.6 * rng.normal(size=(48, 16)))
-    logits = 10 * embeddings @ centres.T
-    strict = rehearse(embeddings, logits, truth, 10.0, new_classes=3, max_known_drop=0.0)
-    loose = rehearse(embeddings, logits, truth, 10.0, new_classes=3, max_known_drop=20.0)
-    assert strict.rehearsal["known_drop_points"] <= 0.0 < loose.rehearsal["known_drop_points"]
-    assert loose.rehearsal["stand_in_recall"] > strict.rehearsal["stand_in_recall"]
-    assert strict.rehearsal["stand_ins"] == 3
-    assert rehearse(embeddings[:3], logits[:3], truth[:3], 10.0, 1, 1.0) is None  # one class: nothing to rehearse
+    centres = unit(rng.normal(size=(11, 16)))  # 8 known classes, 3 new ones
+    known_truth = np.repeat(np.arange(8), 6)
+    known_embeddings = unit(centres[known_truth] + 0.6 * rng.normal(size=(48, 16)))
+    known = Scored(known_embeddings, 10 * known_embeddings @ centres[:8].T, known_truth)
+    means = unit(np.stack([known_embeddings[known_truth == c].mean(axis=0) for c in range(8)]))
+    new_truth = np.repeat(np.arange(3), 4)
+    new_embeddings = unit(centres[8 + new_truth] + 0.6 * rng.normal(size=(12, 16)))
+    enrolled = Scored(new_embeddings, 10 * new_embeddings @ centres[:8].T, new_truth)
+    prototypes = unit(np.stack([new_embeddings[new_truth == c].mean(axis=0) for c in range(3)]))
+
+    strict = choose_logit_map(known, enrolled, prototypes, means, 10.0, max_known_drop=0.0)
+    loose = choose_logit_map(known, enrolled, prototypes, means, 10.0, max_known_drop=20.0)
+    assert strict.choice["known_drop_points"] <= 0.0 < loose.choice["known_drop_points"]
+    assert loose.choice["recall"] > strict.choice["recall"]
+    assert strict.choice["recall_from"] == "enrollment photos, each left out"
+    # What the choice measured holds on the photos: the known ones' top-1 under the strict map.
+    logits = np.concatenate([known.logits, strict.scale * (known_embeddings @ prototypes.T - strict.gate * (
+        known_embeddings @ means.T).max(axis=1, keepdims=True)) + strict.bias], axis=1)
+    assert np.mean(logits.argmax(axis=1) == known_truth) == np.mean(known.logits.argmax(axis=1) == known_truth)
+
+    one_photo = Scored(new_embeddings[::4], enrolled.logits[::4], np.arange(3))  # nothing to leave out
+    assert choose_logit_map(known, one_photo, prototypes, means, 10.0, 1.0).choice["recall_from"] == (
+        "known classes standing in")
 
 
 def test_the_runs_report_shows_calibration_before_and_after_the_temperature(enrolled_world):

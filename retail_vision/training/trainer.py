@@ -15,12 +15,13 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 
 import keras
 import numpy as np
 
 from retail_vision import backbone_layers, calibration, run_directory
-from retail_vision.classifier import build_classifier, class_directions, get_backbone
+from retail_vision.classifier import build_classifier, class_directions, get_backbone, store_class_means
 from retail_vision.console import log
 from retail_vision.data import pipeline
 from retail_vision.planning import Plan, plan
@@ -221,6 +222,9 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     # === The best classifier, saved without augmentation ===
     freezer.restore()
     checkpointing.restore_best(classifier, state)
+    started = time.perf_counter()
+    if store_class_means(classifier, train_ds):  # what enrolled classes are told apart from (enrollment.py)
+        log(f"class means of the {data.train_count} training photos ({time.perf_counter() - started:.0f} s)")
     calibrated = calibration.calibrate(classifier, val_ds) if train.calibrate else None
     if calibrated:
         log(f"calibrated on the validation photos: temperature {calibrated.temperature:.2f}, expected "
