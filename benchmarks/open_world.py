@@ -1,6 +1,6 @@
 """Open world on the grocery photos: reject products never seen, enroll new ones from a few photos.
 
-    python benchmarks/open_world.py [--work DIR] [--head softmax|cosine] [--stages fit,reject,enroll,retrain]
+    python benchmarks/open_world.py [--work DIR] [--head softmax|cosine] [--stages fit,reject,enroll,enroll_int8,retrain]
 
 A seeded split of whole classes: 61 known, 20 new, spread over Fruit, Vegetables and Packages in
 proportion. `fit` trains the shipped grocery recipe on the known classes only (their train and
@@ -10,6 +10,8 @@ val photos), then:
 - enroll: the 20 new classes enrolled with k = 1, 5, 10 seeded train photos each, and with the
   dataset's one iconic image per class; 81-way top-1 on the new classes' photos not used to
   enroll them, and on the known val photos (what the known classes lose), and the wall time;
+- enroll_int8: the 5-shot enrollment into the run's export with an int8 classifier and embedder
+  (exported once under --work): wall time and the int8 file's parity;
 - retrain: the grocery recipe on all 81 classes, scored on the same photos, with its wall time.
 
 Work files (the class-split folders of links, runs, exported versions) go under --work
@@ -194,6 +196,27 @@ def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_v
     return rows
 
 
+def enroll_int8(run_dir: str, work: str, shots: int = 5) -> dict:
+    """The k-shot enrollment into a version exported with an int8 classifier and embedder, as a device
+    fleet would have it: wall time, and the int8 file's parity row. The known-class run is exported
+    once (reused)."""
+    from retail_vision.enrollment import enroll
+    from retail_vision.export import export_model
+
+    output = os.path.join(work, "exported-int8")
+    source = os.path.join(output, "grocery_known", "1")
+    if not os.path.isdir(source):
+        export_model(run_dir, output=output, tflite_kinds=("int8",))
+    started = time.perf_counter()
+    result = enroll(source, os.path.join(work, f"enroll-{shots}"))
+    seconds = time.perf_counter() - started
+    int8 = next(row for row in result.report["artifacts"] if row["artifact"] == "tflite:int8")
+    keras = result.report["artifacts"][0]
+    return {"shots": shots, "enroll_seconds": round(seconds, 1), "version": result.version_dir,
+            "keras_top1_held_out": keras["top1"], "int8_top1_held_out": int8["top1"],
+            "int8_agreement": int8["agreement"], "held_out_images": result.report["held_out_images"]}
+
+
 def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Photos) -> dict:
     """The grocery recipe on all 81 classes: top-1 on the new classes' val photos and the known val photos."""
     import numpy as np
@@ -226,7 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/retail-vision-open-world")
     parser.add_argument("--head", default="cosine", choices=("softmax", "cosine"))
-    parser.add_argument("--stages", default="fit,reject,enroll,retrain")
+    parser.add_argument("--stages", default="fit,reject,enroll,enroll_int8,retrain")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     stages = set(args.stages.split(","))
@@ -263,6 +286,9 @@ def main() -> None:
         print(table(rows, list(rows[0])))
     if "enroll" in stages:
         results["enrollment"] = enroll_table(run_dir, args.work, new, folders, known_val, args.seed)
+    if "enroll_int8" in stages:
+        results["enroll_int8"] = enroll_int8(run_dir, args.work)
+        print(results["enroll_int8"])
     if "retrain" in stages:
         results["retrain"] = retrain(args.work, args.head, new, folders, known_val)
         print(results["retrain"])

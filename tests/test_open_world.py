@@ -78,6 +78,24 @@ def test_fit_sets_the_threshold_on_the_validation_photos(world):
     assert predictor.classify(images).unknown.tolist() == [False, True]
 
 
+def test_fit_keeps_each_class_mean_embedding_in_the_head(world):
+    import numpy as np
+
+    result, _, _, _ = world
+    predictor = load_predictor(result.run_dir)
+    train = json.loads(open(os.path.join(result.run_dir, "split.json")).read())["train"]
+    images, failures = load_images(train["paths"], 32)
+    assert not failures
+    embeddings = predictor.outputs(images)["embedding"]
+    layer = predictor.model.get_layer("logits")
+    stored = layer.class_means.numpy().T
+    for index, label in enumerate(result.labels):
+        mean = embeddings[np.array(train["labels"]) == index].mean(axis=0)
+        cosine = mean @ stored[index] / np.linalg.norm(mean) / np.linalg.norm(stored[index])
+        assert cosine > 0.999, label
+    assert not layer.gate.numpy().any()  # trained classes are not gated
+
+
 def test_saved_model_answers_unknown_to_a_b64_request_in_a_fresh_process(world):
     _, version, samples, _ = world
     script = (
