@@ -168,7 +168,7 @@ class TFLiteRunner:
     def __init__(self, path: str):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=path)
+        self.interpreter = Interpreter(model_path=path, num_threads=os.cpu_count() or 1)  # LiteRT's default: 1
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
