@@ -206,6 +206,30 @@ def test_enroll_replaces_and_removes_classes(world, enrolled_world, tmp_path):
     assert replaced.report["enrollment"]["replaced"] == ["blue-carton"]
 
 
+def test_a_model_trained_before_class_means_still_enrolls_without_the_gate(world, enrolled_world, tmp_path, capsys):
+    import keras
+
+    from retail_vision.classifier import CosineLogits
+
+    _, _, _, root = world
+    result, _ = enrolled_world
+    legacy = tmp_path / "legacy-run"
+    shutil.copytree(result.run_dir, legacy)
+    trained = result.model.get_layer("logits")
+    logits = CosineLogits(trained.units, trained.initial_scale, dtype="float32", name="logits")  # no means
+    features = result.model.get_layer("head_dropout").output
+    model = keras.Model(result.model.input, keras.layers.Softmax(name="predictions")(logits(features)))
+    logits.set_weights([trained.kernel.numpy(), trained.scale.numpy(), trained.bias.numpy()])
+    model.save(legacy / "model.keras")
+
+    enrolled = enroll(str(legacy), str(root / "new"), output=str(tmp_path / "exported"))
+    assert "carries no class means" in capsys.readouterr().err
+    assert enrolled.report["enrollment"]["logit_map"]["gate"] == 0.0
+    images, _ = load_images([str(root / "samples" / "magenta.jpg")], 32)
+    predictor = load_predictor(enrolled.version_dir)
+    assert predictor.labels[predictor.predict(images).argmax()] == "magenta-soap"
+
+
 @pytest.fixture(scope="module")
 def softmax_run(world):
     _, _, _, root = world
