@@ -1,6 +1,7 @@
 """Open world on the grocery photos: reject products never seen, enroll new ones from a few photos.
 
-    python benchmarks/open_world.py [--work DIR] [--head softmax|cosine] [--stages fit,reject,enroll,enroll_int8,retrain]
+    python benchmarks/open_world.py [--work DIR] [--head softmax|cosine] [--stages ...]
+        [--set KEY=VALUE ... --variant NAME]
 
 A seeded split of whole classes: 61 known, 20 new, spread over Fruit, Vegetables and Packages in
 proportion. `fit` trains the shipped grocery recipe on the known classes only (their train and
@@ -13,6 +14,9 @@ val photos), then:
 - enroll_int8: the 5-shot enrollment into the run's export with an int8 classifier and embedder
   (exported once under --work): wall time and the int8 file's parity;
 - retrain: the grocery recipe on all 81 classes, scored on the same photos, with its wall time.
+
+`--set` overrides the recipe of both fits (a variant of the shipped recipe, named by
+--variant: its runs, versions and results file carry the name).
 
 Work files (the class-split folders of links, runs, exported versions) go under --work
 (default: /tmp/retail-vision-open-world), never into the dataset.
@@ -79,19 +83,20 @@ def photos(split: str, name: str, folders: dict[str, str]) -> list[str]:
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(".jpg"))
 
 
-def fit_known(work: str, head: str, known: list[str], folders: dict[str, str]) -> tuple[str, float]:
+def fit_known(work: str, head: str, known: list[str], folders: dict[str, str], tag: str,
+              overrides: list[str]) -> tuple[str, float]:
     """(run directory, wall seconds) of the grocery recipe on the known classes; a finished run is reused."""
     from retail_vision.recipe import Recipe
     from retail_vision.training import fit
 
-    runs = os.path.join(work, f"runs-known-{head}")
+    runs = os.path.join(work, f"runs-known-{tag}")
     started = [os.path.join(runs, d) for d in sorted(os.listdir(runs))] if os.path.isdir(runs) else []
     if started and os.path.isfile(os.path.join(started[-1], "metrics.json")):
         return started[-1], float("nan")
     train = link_classes(os.path.join(work, "known", "train"), "train", known, folders)
     val = link_classes(os.path.join(work, "known", "val"), "val", known, folders)
     recipe = Recipe.from_yaml(RECIPE, [f"data.source={train}", f"data.validation={val}", f"model.head={head}",
-                                       "name=grocery_known"])
+                                       "name=grocery_known", *overrides])
     start = time.perf_counter()
     result = fit(recipe, runs_dir=runs, resume=started[-1] if started else False)  # an interrupted run goes on
     return result.run_dir, time.perf_counter() - start
@@ -153,7 +158,8 @@ def rejection_table(run_dir: str, known_val: Photos, unknown: Photos, known_trai
     return rows
 
 
-def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_val: Photos, seed: int) -> list[dict]:
+def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_val: Photos, seed: int,
+                 tag: str) -> list[dict]:
     """The 20 new classes enrolled with k photos each (and with the iconic image): 81-way top-1 and time."""
     import numpy as np
 
@@ -180,7 +186,7 @@ def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_v
         rest = [(p, name) for name in new for p in order[name] if p not in chosen[name]] + new_val
         evaluation = Photos([p for p, _ in rest], [n for _, n in rest], size, resize)
         started = time.perf_counter()
-        result = enroll(run_dir, folder, output=os.path.join(work, f"exported-{shots}"))
+        result = enroll(run_dir, folder, output=os.path.join(work, f"exported-{tag}-{shots}"))
         seconds = time.perf_counter() - started
         after = load_predictor(result.version_dir)
         index = {label: i for i, label in enumerate(after.labels)}
@@ -196,14 +202,14 @@ def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_v
     return rows
 
 
-def enroll_int8(run_dir: str, work: str, shots: int = 5) -> dict:
+def enroll_int8(run_dir: str, work: str, tag: str, shots: int = 5) -> dict:
     """The k-shot enrollment into a version exported with an int8 classifier and embedder, as a device
     fleet would have it: wall time, and the int8 file's parity row. The known-class run is exported
     once (reused)."""
     from retail_vision.enrollment import enroll
     from retail_vision.export import export_model
 
-    output = os.path.join(work, "exported-int8")
+    output = os.path.join(work, f"exported-{tag}-int8")
     source = os.path.join(output, "grocery_known", "1")
     if not os.path.isdir(source):
         export_model(run_dir, output=output, tflite_kinds=("int8",))
@@ -217,7 +223,8 @@ def enroll_int8(run_dir: str, work: str, shots: int = 5) -> dict:
             "int8_agreement": int8["agreement"], "held_out_images": result.report["held_out_images"]}
 
 
-def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Photos) -> dict:
+def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Photos, tag: str,
+            overrides: list[str]) -> dict:
     """The grocery recipe on all 81 classes: top-1 on the new classes' val photos and the known val photos."""
     import numpy as np
 
@@ -225,7 +232,7 @@ def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Phot
     from retail_vision.recipe import Recipe
     from retail_vision.training import fit
 
-    runs = os.path.join(work, f"runs-all-{head}")
+    runs = os.path.join(work, f"runs-all-{tag}")
     finished = sorted(d for d in (os.listdir(runs) if os.path.isdir(runs) else ())
                       if os.path.isfile(os.path.join(runs, d, "metrics.json")))
     seconds = float("nan")
@@ -233,7 +240,7 @@ def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Phot
         run_dir = os.path.join(runs, finished[-1])
     else:
         started = time.perf_counter()
-        run_dir = fit(Recipe.from_yaml(RECIPE, [f"model.head={head}"]), runs_dir=runs).run_dir
+        run_dir = fit(Recipe.from_yaml(RECIPE, [f"model.head={head}", *overrides]), runs_dir=runs).run_dir
         seconds = time.perf_counter() - started
     predictor = load_predictor(run_dir)
     index = {label: i for i, label in enumerate(predictor.labels)}
@@ -251,18 +258,24 @@ def main() -> None:
     parser.add_argument("--head", default="cosine", choices=("softmax", "cosine"))
     parser.add_argument("--stages", default="fit,reject,enroll,enroll_int8,retrain")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for both fits (e.g. train.label_smoothing=0); needs --variant")
+    parser.add_argument("--variant", default="", help="names the runs, versions and results of --set overrides")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
+    if bool(args.overrides) != bool(args.variant):
+        parser.error("--set and --variant go together: the variant names where its runs and results go")
+    tag = f"{args.head}-{args.variant}" if args.variant else args.head
 
     from retail_vision.artifacts import load_predictor
 
     known, new, folders = split_classes(args.seed)
     print(f"known classes: {len(known)}; new: {len(new)}: {', '.join(new)}")
     # Stages may run in separate invocations: their results gather in one file per head.
-    previous = os.path.join("benchmarks", "results", f"open_world_{args.head}.json")
+    previous = os.path.join("benchmarks", "results", f"open_world_{tag}.json")
     results = json.load(open(previous, encoding="utf-8")) if os.path.isfile(previous) else {}
-    results.update(head=args.head, seed=args.seed, new_classes=new)
-    run_dir, seconds = fit_known(args.work, args.head, known, folders)
+    results.update(head=args.head, seed=args.seed, new_classes=new, overrides=args.overrides)
+    run_dir, seconds = fit_known(args.work, args.head, known, folders, tag, args.overrides)
     if seconds == seconds:  # not NaN: this invocation trained it
         results["fit_seconds"] = seconds
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as handle:
@@ -285,14 +298,14 @@ def main() -> None:
         print(f"rejection: {len(known_val.paths)} known val photos against {len(unknown_pairs)} photos of new classes")
         print(table(rows, list(rows[0])))
     if "enroll" in stages:
-        results["enrollment"] = enroll_table(run_dir, args.work, new, folders, known_val, args.seed)
+        results["enrollment"] = enroll_table(run_dir, args.work, new, folders, known_val, args.seed, tag)
     if "enroll_int8" in stages:
-        results["enroll_int8"] = enroll_int8(run_dir, args.work)
+        results["enroll_int8"] = enroll_int8(run_dir, args.work, tag)
         print(results["enroll_int8"])
     if "retrain" in stages:
-        results["retrain"] = retrain(args.work, args.head, new, folders, known_val)
+        results["retrain"] = retrain(args.work, args.head, new, folders, known_val, tag, args.overrides)
         print(results["retrain"])
-    path = write_results(f"open_world_{args.head}", results)
+    path = write_results(f"open_world_{tag}", results)
     print(f"results: {path}")
 
 
