@@ -158,6 +158,18 @@ def open_world_outputs(classifier: keras.Model) -> keras.Model:
                        name="open_world_outputs")
 
 
+def head_outputs(classifier: keras.Model) -> keras.Model:
+    """embedding -> {probabilities, logits} through the cosine head's own layers: the classifier's
+    outputs for photos whose embeddings are known, with no backbone pass. The cosine head
+    normalises what it is given, so the unit embedding stands for the pooled features."""
+    if head_kind(classifier) != "cosine":
+        raise ValueError("only a cosine head gives the same outputs from the unit embedding")
+    embedding = keras.Input(shape=classifier.get_layer(POOL_LAYER).output.shape[1:], name="embedding")
+    logits = classifier.get_layer(LOGITS_LAYER)(embedding)
+    return keras.Model(embedding, {"probabilities": classifier.get_layer(HEAD_LAYERS[2])(logits), "logits": logits},
+                       name="head_outputs")
+
+
 def class_directions(classifier: keras.Model):
     """[D, C] unit class vectors of the head (the cosine head's directions, or the Dense kernel's columns)."""
     import numpy as np

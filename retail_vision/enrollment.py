@@ -126,7 +126,10 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
     if problems:
         raise UserError(problems[0]) if len(problems) == 1 else UserError.listing(problems, "enroll")
 
-    logit_map = _logit_map(source, prototypes, enrolled, set(remove) | set(prototypes), max_known_drop)
+    # One pass of the source model over the validation photos serves the choice of the logit map
+    # and, as the backbone is unchanged, the export's own outputs (with the enrollment photos').
+    validation = _validation_photos(source.predictor, source.split) if prototypes else None
+    logit_map = _logit_map(source, prototypes, enrolled, validation, set(remove) | set(prototypes), max_known_drop)
     classifier, labels = _with_classes(source.predictor.model, labels, prototypes, remove, logit_map)
     choice = logit_map.choice
     log(f"enrolled {len(prototypes)} class(es), removed {len(remove)}: {len(labels)} classes "
@@ -142,6 +145,8 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
                           tflite_kinds=source.tflite_kinds, data=held_out, split=split,
                           calibration_images=CALIBRATION_IMAGES,
                           embedders_from=os.fspath(model) if os.path.isdir(model) else None,
+                          embeddings={**(validation.embedding_of() if validation else {}),
+                                      **(enrolled.embedding_of() if enrolled else {})},
                           report_extra={"enrollment": {
                               "source": os.path.abspath(model), "added": sorted(c for c in prototypes if c not in
                                                                                 source.predictor.labels),
@@ -168,12 +173,13 @@ def _prototypes(predictor: KerasPredictor, new: sources.Examples):
             mean = rows.mean(axis=0)
             prototypes[name] = mean / np.linalg.norm(mean)
     column = {index: j for j, index in enumerate(i for i, name in enumerate(new.class_names) if name in prototypes)}
-    enrolled = Scored(outputs["embedding"], outputs["logits"], np.array([column[i] for i in kept]))
+    readable = tuple(path for path in new.paths if path not in failed)
+    enrolled = Scored(outputs["embedding"], outputs["logits"], np.array([column[i] for i in kept]), readable)
     return prototypes, enrolled, [name for name in new.class_names if name not in prototypes]
 
 
-def _logit_map(source: _Model, prototypes: dict[str, np.ndarray], enrolled: Scored | None, dropped: set[str],
-               max_known_drop: float) -> LogitMap:
+def _logit_map(source: _Model, prototypes: dict[str, np.ndarray], enrolled: Scored | None,
+               validation: Scored | None, dropped: set[str], max_known_drop: float) -> LogitMap:
     """The map chosen on the source's validation photos of the classes it keeps, or the trained scale
     with no bias or gate without them (or with nothing enrolled)."""
     layer = source.predictor.model.get_layer(LOGITS_LAYER)
@@ -183,8 +189,12 @@ def _logit_map(source: _Model, prototypes: dict[str, np.ndarray], enrolled: Scor
     means = trained_means(layer, dropped_columns)
     trained = layer.gate.numpy() == 0 if layer.with_means else np.ones(len(labels), bool)
     trained_scale = float(np.mean(layer.scale.numpy()[trained]))
-    known = _known_photos(source.predictor, source.split, dropped) if prototypes else None
-    if known is None:
+    known = None
+    if validation is not None:  # the photos of the classes kept, dropped classes' logits at -inf
+        known = validation.rows(~np.isin(validation.truth, dropped_columns))
+        known = dataclasses.replace(known, logits=np.where(np.isin(np.arange(len(labels)), dropped_columns),
+                                                           -np.inf, known.logits))
+    if known is None or not len(known.truth):
         return LogitMap(trained_scale, 0.0, 0.0, None)
     if means is None:
         log("this model carries no class means (trained before they were kept): enrolled classes are told apart "
@@ -208,11 +218,20 @@ class LogitMap:
 
 @dataclasses.dataclass(frozen=True)
 class Scored:
-    """Photos through the source model: unit embeddings [N, D], logits [N, C] and a class index [N]."""
+    """Photos through the source model: unit embeddings [N, D], logits [N, C], a class index [N] and,
+    for photos from files, their paths."""
 
     embeddings: np.ndarray
     logits: np.ndarray
     truth: np.ndarray
+    paths: tuple[str, ...] = ()
+
+    def rows(self, keep: np.ndarray) -> "Scored":
+        return Scored(self.embeddings[keep], self.logits[keep], self.truth[keep],
+                      tuple(np.asarray(self.paths, dtype=object)[keep]) if self.paths else ())
+
+    def embedding_of(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.paths, self.embeddings))
 
 
 class _Grid:
@@ -319,24 +338,19 @@ def choose_logit_map(known: Scored, enrolled: Scored, prototypes: np.ndarray, me
                                         "recall_from": recall_from})
 
 
-def _known_photos(predictor: KerasPredictor, split: dict | None, dropped: set[str]) -> Scored | None:
-    """The source's validation photos of the classes it keeps, through the source model (dropped classes'
-    logits at -inf); None without any."""
-    kept = [label for label in predictor.labels if label not in dropped]
-    validation = split["validation"].in_classes(kept)[0] if split is not None else None
+def _validation_photos(predictor: KerasPredictor, split: dict | None) -> Scored | None:
+    """The source's validation photos through the source model; None without any."""
+    validation = split["validation"].in_classes(predictor.labels)[0] if split is not None else None
     if validation is None or not len(validation):
         return None
     images, failures = load_images(validation.paths, predictor.image_size, predictor.resize)
     if not len(images):
         return None
     failed = {path for path, _ in failures}
-    index = {label: i for i, label in enumerate(predictor.labels)}
-    truth = np.array([index[kept[label]] for path, label in zip(validation.paths, validation.labels)
-                      if path not in failed])
+    kept = [i for i, path in enumerate(validation.paths) if path not in failed]
     outputs = predictor.outputs(images)
-    logits = outputs["logits"].copy()
-    logits[:, [index[label] for label in dropped]] = -np.inf
-    return Scored(outputs["embedding"], logits, truth)
+    return Scored(outputs["embedding"], outputs["logits"], np.asarray(validation.labels)[kept],
+                  tuple(validation.paths[i] for i in kept))
 
 
 def trained_means(layer, dropped_columns: list[int]) -> np.ndarray | None:

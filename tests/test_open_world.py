@@ -96,6 +96,21 @@ def test_fit_keeps_each_class_mean_embedding_in_the_head(world):
     assert not layer.gate.numpy().any()  # trained classes are not gated
 
 
+def test_the_cosine_head_gives_the_same_outputs_from_the_embedding_as_from_the_photo(world):
+    """What lets enroll's export skip a second backbone pass (export_model(embeddings=...))."""
+    import numpy as np
+
+    from retail_vision.classifier import head_outputs
+
+    result, _, samples, _ = world
+    predictor = load_predictor(result.run_dir)
+    images, _ = load_images([str(samples / "red.jpg"), str(samples / "unknown.png")], 32)
+    outputs = predictor.outputs(images)
+    from_embedding = head_outputs(predictor.model).predict(outputs["embedding"], verbose=0)
+    np.testing.assert_allclose(from_embedding["probabilities"], outputs["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(from_embedding["logits"], outputs["logits"], atol=1e-4)
+
+
 def test_saved_model_answers_unknown_to_a_b64_request_in_a_fresh_process(world):
     _, version, samples, _ = world
     script = (

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from retail_vision import run_directory
 from retail_vision.artifacts import KerasPredictor, SavedModelRunner, TFLiteRunner, load_images, load_predictor
-from retail_vision.classifier import class_directions, head_kind
+from retail_vision.classifier import class_directions, head_kind, head_outputs
 from retail_vision.console import log
 from retail_vision.data import sources
 from retail_vision.errors import ParityError, UserError
@@ -51,6 +51,7 @@ def export_model(
     split: dict | None = None,
     report_extra: dict | None = None,
     embedders_from: str | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
 ) -> ExportResult:
     """Export a run directory, a `.keras` file or a Keras model in hand (`fit(...).predictor`).
 
@@ -60,6 +61,8 @@ def export_model(
     The version folder keeps the split, so `enroll` and `evaluate` find the photos again.
     `embedders_from`: a version folder whose model has the same backbone weights (`enroll`'s
     source): its embedder files are copied instead of converted again.
+    `embeddings`: {held-out file: its embedding through this backbone}, when the caller has them
+    (`enroll`); a cosine head's outputs then come from them, with no second backbone pass.
     """
     unknown = [kind for kind in tflite_kinds if kind not in tflite.KINDS]
     if unknown:
@@ -75,7 +78,7 @@ def export_model(
                        [held_out_examples.paths[i] for i in keep])
     log(f"held-out images: {len(keep)} ({len(failures)} unreadable skipped)")
     # Embeddings and the rejection threshold, set again on these photos of known products.
-    open_world = KerasPredictor(classifier, labels).outputs(held_out.images) if head_kind(classifier) else None
+    open_world = _open_world_outputs(classifier, labels, held_out, embeddings)
     rejection = source.predictor.rejection
     if rejection is not None and open_world is not None:
         rejection = rejection.refitted(open_world, class_directions(classifier))
@@ -217,6 +220,19 @@ def _quantization(kind: str, calibration_paths: list[str], size: int, resize: st
         return getattr(tflite.Quantization, f"for_{kind}")()
     images, _ = load_images(calibration_paths, size, resize)
     return tflite.Quantization.for_int8(images)
+
+
+def _open_world_outputs(classifier, labels: list[str], held_out: HeldOut,
+                        embeddings: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """{probabilities, logits, embedding} of the held-out photos; None for a classifier from before embeddings."""
+    if not head_kind(classifier):
+        return None
+    if head_kind(classifier) == "cosine" and embeddings and all(path in embeddings for path in held_out.paths):
+        known = np.stack([embeddings[path] for path in held_out.paths]).astype(np.float32)
+        outputs = head_outputs(classifier).predict(known, batch_size=256, verbose=0)
+        return {"probabilities": np.asarray(outputs["probabilities"]), "logits": np.asarray(outputs["logits"]),
+                "embedding": known}
+    return KerasPredictor(classifier, labels).outputs(held_out.images)
 
 
 def _embedder_file(folder: str | None, kind: str) -> str | None:
