@@ -158,7 +158,8 @@ def evaluate(model, data, as_json, report_dir, class_names, hierarchy, classes):
 @click.option("--name", help="Model name (default: the recipe's name, or the .keras file's).")
 @click.option("--tflite", is_flag=True, help="Also write TFLite files (all four kinds unless --quantize).")
 @click.option("--quantize", help=f"Comma-separated TFLite kinds: {','.join(TFLITE_KINDS)}.")
-@click.option("--data", type=click.Path(exists=True), help="Held-out images (folder or manifest) for the parity check.")
+@click.option("--data", type=click.Path(exists=True),
+              help="Held-out images (folder or manifest) for the parity check; the temperature is fitted again on them.")
 @click.option("--allow-drop", is_flag=True, help="Publish even if int8 loses more than export.max_int8_drop points.")
 @click.option("--max-int8-drop", type=float, default=_EXPORT_DEFAULTS.max_int8_drop, show_default=True,
               help="Allowed int8 top-1 drop, points.")
@@ -172,7 +173,7 @@ def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_dro
     if tflite and not kinds:
         kinds = TFLITE_KINDS
     result = export_model(model, output=output, name=name, tflite_kinds=kinds, data=data,
-                          allow_drop=allow_drop, max_int8_drop=max_int8_drop)
+                          allow_drop=allow_drop, max_int8_drop=max_int8_drop, recalibrate=data is not None)
     click.echo(result.version_dir)
 
 

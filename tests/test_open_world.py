@@ -245,6 +245,28 @@ def test_a_model_trained_before_class_means_still_enrolls_without_the_gate(world
     assert predictor.labels[predictor.predict(images).argmax()] == "magenta-soap"
 
 
+def test_export_with_data_fits_the_temperature_again_on_those_photos(world, enrolled_world, tmp_path):
+    import numpy as np
+
+    from retail_vision.artifacts import KerasPredictor, load_model
+
+    _, _, _, root = world
+    result, fixture_version = enrolled_world
+    exported = CliRunner().invoke(main, ["export", result.run_dir, "--data", str(root / "photos"),
+                                         "--output", str(tmp_path)])
+    assert exported.exit_code == 0, exported.output
+    version = exported.output.strip().splitlines()[-1]
+    report = json.loads(open(os.path.join(version, "export_report.json")).read())
+    calibrated = report["calibration"]
+    assert calibrated["images"] == report["held_out_images"] > 0
+    images, _ = load_images(json.loads(open(os.path.join(version, "split.json")).read())["validation"]["paths"], 32)
+    before = KerasPredictor(*load_model(result.run_dir)).outputs(images)["logits"]
+    after = KerasPredictor(*load_model(version)).outputs(images)["logits"]  # the graph every artifact came from
+    np.testing.assert_allclose(after * calibrated["temperature"], before, rtol=1e-3, atol=1e-3)
+    # Without --data (the fixture's export) the run's own temperature stays.
+    assert json.loads(open(os.path.join(fixture_version, "export_report.json")).read())["calibration"] is None
+
+
 @pytest.fixture(scope="module")
 def softmax_run(world):
     _, _, _, root = world

@@ -52,6 +52,7 @@ def export_model(
     report_extra: dict | None = None,
     embedders_from: str | None = None,
     embeddings: dict[str, np.ndarray] | None = None,
+    recalibrate: bool = False,
 ) -> ExportResult:
     """Export a run directory, a `.keras` file or a Keras model in hand (`fit(...).predictor`).
 
@@ -63,6 +64,8 @@ def export_model(
     source): its embedder files are copied instead of converted again.
     `embeddings`: {held-out file: its embedding through this backbone}, when the caller has them
     (`enroll`); a cosine head's outputs then come from them, with no second backbone pass.
+    `recalibrate`: fit the temperature again on the held-out photos (`retail-vision export --data`:
+    photos nothing was tuned on); the exported graphs carry it, the report says what it changed.
     """
     unknown = [kind for kind in tflite_kinds if kind not in tflite.KINDS]
     if unknown:
@@ -77,6 +80,11 @@ def export_model(
     held_out = HeldOut(images, np.array([held_out_examples.labels[i] for i in keep]),
                        [held_out_examples.paths[i] for i in keep])
     log(f"held-out images: {len(keep)} ({len(failures)} unreadable skipped)")
+    calibrated = None
+    if recalibrate and head_kind(classifier):
+        classifier, calibrated = _recalibrated(classifier, held_out, len(labels))
+        log(f"calibrated again on the held-out photos: temperature x{calibrated.temperature:.2f}, expected "
+            f"calibration error {calibrated.ece_before:.3f} -> {calibrated.ece_after:.3f}")
     # Embeddings and the rejection threshold, set again on these photos of known products.
     open_world = _open_world_outputs(classifier, labels, held_out, embeddings)
     rejection = source.predictor.rejection
@@ -146,6 +154,7 @@ def export_model(
         report = {"name": source.name, "model": source.description, "held_out_images": len(keep), "resize": resize,
                   "max_int8_drop_points": max_int8_drop, "artifacts": rows, "embedders": embedders,
                   "rejection": dataclasses.asdict(rejection) if rejection is not None else None, "notes": notes,
+                  "calibration": calibrated.as_metrics() if calibrated else None,
                   **(report_extra or {})}
         run_directory.write_json(staging, REPORT_FILE, report)
         print(parity.format_table(rows + embedders), file=sys.stderr)
@@ -220,6 +229,21 @@ def _quantization(kind: str, calibration_paths: list[str], size: int, resize: st
         return getattr(tflite.Quantization, f"for_{kind}")()
     images, _ = load_images(calibration_paths, size, resize)
     return tflite.Quantization.for_int8(images)
+
+
+def _recalibrated(classifier, held_out: HeldOut, classes: int):
+    """(a copy of the classifier with its temperature fitted again on the held-out photos, the Calibration);
+    the copy leaves a model in the caller's hands as it was."""
+    import keras
+
+    from retail_vision.calibration import calibrate
+
+    copy = keras.models.clone_model(classifier)
+    copy.set_weights(classifier.get_weights())
+    one_hot = np.eye(classes, dtype=np.float32)
+    batches = [(held_out.images[i : i + 32].astype(np.float32), one_hot[held_out.labels[i : i + 32]])
+               for i in range(0, len(held_out.labels), 32)]
+    return copy, calibrate(copy, batches)
 
 
 def _open_world_outputs(classifier, labels: list[str], held_out: HeldOut,
