@@ -253,7 +253,10 @@ class _Grid:
 
 
 def _nearest_mean(embeddings: np.ndarray, means: np.ndarray | None) -> np.ndarray:
-    return np.zeros(len(embeddings)) if means is None or not len(means) else (embeddings @ means.T).max(axis=1)
+    """Each embedding's highest cosine to a class mean (NaN rows of `means`: no mean); 0 without means."""
+    if means is None or np.isnan(means).all():
+        return np.zeros(len(embeddings))
+    return np.nanmax(embeddings @ means.T, axis=1)
 
 
 def _margin(margins: np.ndarray) -> np.ndarray:
@@ -292,10 +295,10 @@ def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
 
 def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,
                     seed: int = 0):
-    """(recall, margin) as `left_out_recall` gives them, of known photos recognised when their class stands in for a new one: its trained
-    vector and mean dropped, its other photos' prototype in their place. For one photo per new class,
-    which leaves nothing to leave out. It overstates the recall (the features were trained on these
-    classes). None when fewer than 2 classes have 2 photos."""
+    """(recall, margin) as `left_out_recall` gives them, of known photos recognised when their class
+    stands in for a new one: its trained vector and mean dropped, its other photos' prototype in
+    their place. For one photo per new class, which leaves nothing to leave out. It overstates the
+    recall (the features were trained on these classes). None when fewer than 2 classes have 2 photos."""
     truth = known.truth
     eligible = [c for c in np.unique(truth) if np.sum(truth == c) >= 2]
     if len(eligible) < 2:
@@ -308,8 +311,11 @@ def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_cl
         own = np.flatnonzero(np.isin(truth, group))
         stand_ins = Scored(known.embeddings[own], np.delete(known.logits[own], group, axis=1),
                            np.searchsorted(np.sort(group), truth[own]))
-        rounds_measured.append(left_out_recall(grid, stand_ins,
-                                               None if means is None else np.delete(means, group, axis=0)))
+        without_group = None
+        if means is not None:
+            without_group = means.copy()
+            without_group[group] = np.nan
+        rounds_measured.append(left_out_recall(grid, stand_ins, without_group))
     return tuple(np.mean(measured, axis=0) for measured in zip(*rounds_measured))
 
 
@@ -354,15 +360,16 @@ def _validation_photos(predictor: KerasPredictor, split: dict | None) -> Scored 
 
 
 def trained_means(layer, dropped_columns: list[int]) -> np.ndarray | None:
-    """[K, D] unit mean embeddings of the trained classes (gate 0) the head keeps; None if it has none."""
+    """[C, D] unit mean embeddings by class column: the trained classes (gate 0) the head keeps, NaN
+    rows for the others; None if the head has none."""
     if not getattr(layer, "with_means", False):
         return None
-    means, gate = layer.class_means.numpy().T, layer.gate.numpy()
+    means, gate = layer.class_means.numpy().T.astype(np.float64), layer.gate.numpy()
     keep = (gate == 0) & ~np.isin(np.arange(len(gate)), dropped_columns)
     norms = np.linalg.norm(means, axis=1)
     if not np.all(norms[keep] > 0):
         return None
-    return means[keep] / norms[keep, None]
+    return np.where(keep[:, None], means / np.maximum(norms, 1e-12)[:, None], np.nan)
 
 
 def _with_classes(classifier, labels: list[str], prototypes: dict[str, np.ndarray], remove, logit_map: LogitMap):

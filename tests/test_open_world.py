@@ -366,6 +366,11 @@ def test_the_logit_map_keeps_the_known_classes_within_the_allowed_drop():
     one_photo = Scored(new_embeddings[::4], enrolled.logits[::4], np.arange(3))  # nothing to leave out
     assert choose_logit_map(known, one_photo, prototypes, means, 10.0, 1.0).choice["recall_from"] == (
         "known classes standing in")
+    # A class replaced or removed has no trained mean (a NaN row, by class column): the last one here.
+    without_last = means.copy()
+    without_last[7] = np.nan
+    kept = known.rows(known.truth != 7)
+    assert choose_logit_map(kept, one_photo, prototypes, without_last, 10.0, 1.0).choice["recall"] > 0
 
 
 def test_the_runs_report_shows_calibration_before_and_after_the_temperature(enrolled_world):
