@@ -259,25 +259,32 @@ def _nearest_mean(embeddings: np.ndarray, means: np.ndarray | None) -> np.ndarra
     return np.nanmax(embeddings @ means.T, axis=1)
 
 
-def _margin(margins: np.ndarray) -> np.ndarray:
-    """Mean of tanh(margin / 0.05) over the last axis, margins in cosine units (logits / scale): how
-    clearly the decisions are taken, for ties."""
-    return np.mean(np.tanh(margins / 0.05), axis=-1)
+def _nll(right: np.ndarray, rivals: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of -log softmax of the right logit against the rivals' log-sum-exp: how
+    well the candidate's probabilities fit the photos, for ties."""
+    return np.mean(np.logaddexp(right, rivals) - right, axis=-1)
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
 
 
 def known_drop(grid: _Grid, known: Scored, prototypes: np.ndarray, means: np.ndarray | None):
     """([A, B, G] points of top-1 the known photos lose to the prototypes under each candidate, [A, B, G]
-    mean margin by which they keep their class)."""
+    their negative log-likelihood, the nearest prototype standing for all)."""
     right = known.logits.argmax(axis=1) == known.truth
     own = known.logits[np.arange(len(known.truth)), known.truth]
     taken = grid.logits((known.embeddings @ prototypes.T).max(axis=1), _nearest_mean(known.embeddings, means))
-    return (right.mean() - np.mean(right & (own > taken), axis=-1)) * 100, _margin((own - taken) / grid.scales)
+    others = np.where(np.arange(known.logits.shape[1]) == known.truth[:, None], -np.inf, known.logits)
+    return (right.mean() - np.mean(right & (own > taken), axis=-1)) * 100, _nll(own, np.logaddexp(
+        _logsumexp(others), taken))
 
 
 def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
     """([A, B, G] share of the enrollment photos recognised by a prototype made without them (leave one
-    out), over the classes with 2 or more photos, [A, B, G] mean margin of their logit over the known
-    classes'); None when no class has 2."""
+    out), over the classes with 2 or more photos, [A, B, G] their negative log-likelihood, the nearest
+    other prototype standing for all); None when no class has 2."""
     counts = np.bincount(enrolled.truth)
     rows = np.flatnonzero(counts[enrolled.truth] >= 2)
     if not len(rows):
@@ -289,8 +296,11 @@ def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
     left_out = sums[truth[rows]] - embeddings[rows]
     own = np.sum(embeddings[rows] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
     cosines[np.arange(len(rows)), truth[rows]] = -np.inf
-    margin = grid.logits(own, _nearest_mean(embeddings[rows], means)) - enrolled.logits[rows].max(axis=1)
-    return np.mean((own > cosines.max(axis=1)) & (margin > 0), axis=-1), _margin(margin / grid.scales)
+    nearest = _nearest_mean(embeddings[rows], means)
+    logit = grid.logits(own, nearest)
+    rival = grid.logits(cosines.max(axis=1), nearest)  # the nearest other prototype
+    recognised = (own > cosines.max(axis=1)) & (logit > enrolled.logits[rows].max(axis=1))
+    return np.mean(recognised, axis=-1), _nll(logit, np.logaddexp(_logsumexp(enrolled.logits[rows]), rival))
 
 
 def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,
@@ -322,21 +332,23 @@ def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_cl
 def choose_logit_map(known: Scored, enrolled: Scored, prototypes: np.ndarray, means: np.ndarray | None,
                      trained_scale: float, max_known_drop: float) -> LogitMap:
     """The candidate that recognises the new classes best while the known photos lose at most
-    `max_known_drop` points (if none keeps that, the one that loses least), the clearest margins
-    breaking ties. The known photos' loss is measured against the real prototypes; the new
+    `max_known_drop` points (if none keeps that, the one that loses least), the best likelihood of
+    the photos breaking ties. The known photos' loss is measured against the real prototypes; the new
     classes' recall by leaving each enrollment photo out of its prototype, or with known classes
     standing in for new ones when every class has one photo."""
     grid = _Grid(trained_scale, gated=means is not None)
-    drop, kept_margin = known_drop(grid, known, prototypes, means)
+    drop, known_nll = known_drop(grid, known, prototypes, means)
     measured, recall_from = left_out_recall(grid, enrolled, means), "enrollment photos, each left out"
     if measured is None:
         measured, recall_from = stand_in_recall(grid, known, means, len(prototypes)), "known classes standing in"
-    recall, won_margin = measured if measured is not None else (np.zeros_like(drop), np.zeros_like(drop))
-    # Many candidates tie on the counts; the one that decides both ways most clearly wins, not one at
-    # the edge of the region, where an int8 model's rounding would flip its decisions.
-    clear = 1e-3 * (kept_margin + won_margin)  # in cosine units: a larger scale is not clearer
+    recall, new_nll = measured if measured is not None else (np.zeros_like(drop), np.zeros_like(drop))
+    # Many candidates tie on the counts; the one whose probabilities fit both kinds of photo best
+    # wins: not one at the edge of the region (an int8 model's rounding would flip its decisions),
+    # nor one that makes the new classes' probabilities ~1 (unknown products landing on them could
+    # not be rejected).
+    fit = 1e-6 * (known_nll + new_nll)
     feasible = drop <= max_known_drop
-    choice = np.where(feasible, recall + clear, -np.inf) if feasible.any() else -drop + 1e-3 * recall
+    choice = np.where(feasible, recall - fit, -np.inf) if feasible.any() else -drop + 1e-3 * recall
     index = np.unravel_index(np.argmax(choice), choice.shape)
     scale, bias, gate = grid.at(index)
     return LogitMap(scale, bias, gate, {"photos": int(len(known.truth)), "known_drop_points":
