@@ -140,7 +140,9 @@ class TrainConfig(_Section):
     )
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer of both phases")
     weight_decay: float = Field(1e-4, ge=0.0, description="decoupled weight decay (adamw only)")
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    # 0 since the cosine head and the temperature: smoothing 0.1 left the model underconfident in a
+    # way one temperature could not undo (grocery val ECE 0.063 -> 0.043 without it, top-1 84.5% -> 85.8%).
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
     calibrate: bool = Field(
         True, description="fit a softmax temperature on the validation photos at the end, so confidences mean "
         "what they say (argmax unchanged)"
