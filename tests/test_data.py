@@ -262,3 +262,14 @@ def test_webp_and_heic_photos_are_read_and_other_files_are_listed_as_skipped(tmp
     expected = load_and_resize(tf.constant(str(root / "red-apple" / "phone.webp")), 32, "crop").numpy()
     # Lossy HEIC smooths the synthetic noise away; the photo's colour survives.
     assert np.abs(heic.mean(axis=(0, 1)) - expected.mean(axis=(0, 1))).max() < 5
+
+
+def test_a_long_scan_says_how_far_it_is(tmp_path, monkeypatch, capsys):
+    from retail_vision.data import scan as scanning
+
+    monkeypatch.setattr(scanning, "PROGRESS_EVERY_S", 0.0)  # every photo counts as long enough
+    root = write_class_folders(tmp_path / "photos", per_class=3, nested=False)
+    usable, _ = scanning.scan(sources.load_examples(str(root)))
+    said = [line for line in capsys.readouterr().err.splitlines() if "scanned" in line]
+    assert said and said[0].startswith("[retail-vision] scanned 1 of 9 photos") and "s left)" in said[0]
+    assert len(said) == 8 and len(usable) == 9  # none once the last photo is in: the scan is done
