@@ -115,6 +115,9 @@ def export_model(
             rejection.write(staging)
         if open_world is not None:  # what `enroll` extends
             _save_keras(classifier, staging)
+            if not source.keras_files:  # a model in hand (enroll's): its size is the file just written
+                keras_row.update(files=[run_directory.MODEL_FILE],
+                                 size_bytes=os.path.getsize(os.path.join(staging, run_directory.MODEL_FILE)))
         if source.split is not None:
             run_directory.write_split(staging, {part: examples.in_classes(labels)[0]
                                                 for part, examples in source.split.items()})
