@@ -26,6 +26,7 @@ import os
 import time
 
 import numpy as np
+from scipy.special import logsumexp
 
 from retail_vision import run_directory
 from retail_vision.artifacts import KerasPredictor, load_images, load_model, resize_mode
@@ -192,15 +193,13 @@ def _logit_map(source: _Model, prototypes: dict[str, np.ndarray], enrolled: Scor
     known = None
     if validation is not None:  # the photos of the classes kept, dropped classes' logits at -inf
         known = validation.rows(~np.isin(validation.truth, dropped_columns))
-        known = dataclasses.replace(known, logits=np.where(np.isin(np.arange(len(labels)), dropped_columns),
-                                                           -np.inf, known.logits))
+        known = known.without_columns(dropped_columns)
     if known is None or not len(known.truth):
         return LogitMap(trained_scale, 0.0, 0.0, None)
     if means is None:
         log("this model carries no class means (trained before they were kept): enrolled classes are told apart "
             "from the trained ones by the scale and bias alone; train it again for better enrollment")
-    enrolled = dataclasses.replace(enrolled, logits=np.where(np.isin(np.arange(len(labels)), dropped_columns),
-                                                             -np.inf, enrolled.logits))
+    enrolled = enrolled.without_columns(dropped_columns)
     return choose_logit_map(known, enrolled, np.stack(list(prototypes.values())), means, trained_scale,
                             max_known_drop)
 
@@ -229,6 +228,12 @@ class Scored:
     def rows(self, keep: np.ndarray) -> "Scored":
         return Scored(self.embeddings[keep], self.logits[keep], self.truth[keep],
                       tuple(np.asarray(self.paths, dtype=object)[keep]) if self.paths else ())
+
+    def without_columns(self, columns: list[int]) -> "Scored":
+        """The same photos with those classes' logits at -inf (classes replaced or removed)."""
+        logits = self.logits.copy()
+        logits[:, columns] = -np.inf
+        return dataclasses.replace(self, logits=logits)
 
     def embedding_of(self) -> dict[str, np.ndarray]:
         return dict(zip(self.paths, self.embeddings))
@@ -265,11 +270,6 @@ def _nll(right: np.ndarray, rivals: np.ndarray) -> np.ndarray:
     return np.mean(np.logaddexp(right, rivals) - right, axis=-1)
 
 
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(axis=1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-
-
 def known_drop(grid: _Grid, known: Scored, prototypes: np.ndarray, means: np.ndarray | None):
     """([A, B, G] points of top-1 the known photos lose to the prototypes under each candidate, [A, B, G]
     their negative log-likelihood, the nearest prototype standing for all)."""
@@ -278,7 +278,7 @@ def known_drop(grid: _Grid, known: Scored, prototypes: np.ndarray, means: np.nda
     taken = grid.logits((known.embeddings @ prototypes.T).max(axis=1), _nearest_mean(known.embeddings, means))
     others = np.where(np.arange(known.logits.shape[1]) == known.truth[:, None], -np.inf, known.logits)
     return (right.mean() - np.mean(right & (own > taken), axis=-1)) * 100, _nll(own, np.logaddexp(
-        _logsumexp(others), taken))
+        logsumexp(others, axis=1), taken))
 
 
 def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
@@ -300,7 +300,7 @@ def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
     logit = grid.logits(own, nearest)
     rival = grid.logits(cosines.max(axis=1), nearest)  # the nearest other prototype
     recognised = (own > cosines.max(axis=1)) & (logit > enrolled.logits[rows].max(axis=1))
-    return np.mean(recognised, axis=-1), _nll(logit, np.logaddexp(_logsumexp(enrolled.logits[rows]), rival))
+    return np.mean(recognised, axis=-1), _nll(logit, np.logaddexp(logsumexp(enrolled.logits[rows], axis=1), rival))
 
 
 def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,

@@ -134,9 +134,9 @@ def _score(predictor, examples, unknown_paths, description, coarse_of, groups, h
                "ece_before_temperature": None}
     before = None
     if temperature is not None:  # logits = T * log p up to a constant per row: the same top class
-        logits = temperature * np.log(np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0))
-        before = np.exp(logits - logits.max(axis=1, keepdims=True))
-        before /= before.sum(axis=1, keepdims=True)
+        from scipy.special import softmax
+
+        before = softmax(temperature * np.log(np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0)), axis=1)
         results["ece_before_temperature"] = metrics_lib.expected_calibration_error(y_true, before)
     open_set_scores = None
     if unknown_paths:
