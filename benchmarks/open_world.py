@@ -219,8 +219,11 @@ def enroll_int8(run_dir: str, work: str, tag: str, shots: int = 5) -> dict:
     source = os.path.join(output, "grocery_known", "1")
     if not os.path.isdir(source):
         export_model(run_dir, output=output, tflite_kinds=("int8",))
+    photos = os.path.join(work, f"enroll-{shots}")
+    if not os.path.isdir(photos):
+        sys.exit(f"{photos}: no enrollment photos yet; run the enroll stage first (--stages enroll,enroll_int8)")
     started = time.perf_counter()
-    result = enroll(source, os.path.join(work, f"enroll-{shots}"))
+    result = enroll(source, photos)
     seconds = time.perf_counter() - started
     int8 = next(row for row in result.report["artifacts"] if row["artifact"] == "tflite:int8")
     keras = result.report["artifacts"][0]
