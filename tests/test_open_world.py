@@ -396,3 +396,25 @@ def test_every_enrollment_problem_is_named_at_once(world, tmp_path):
     assert lines[0] == "error: enroll: 3 problems:" and len(lines) == 4
     assert "already knows" in lines[1] and "purple-plum" in lines[2] and "broken-sku" in lines[3]
     assert not (tmp_path / "exported").exists()
+
+
+def test_the_cosine_head_gates_an_enrolled_class_by_the_nearest_trained_mean():
+    """The graph computes what enrollment chose: scale * (cos - gate * nearest trained mean's cos) + bias."""
+    import numpy as np
+
+    from retail_vision.classifier import CosineLogits
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=0, keepdims=True)
+
+    rng = np.random.default_rng(0)
+    kernel, means = rng.normal(size=(8, 3)), rng.normal(size=(8, 3))
+    scale, bias, gate = np.array([10.0, 10.0, 30.0]), np.array([0.0, 0.0, -2.0]), np.array([0.0, 0.0, 0.75])
+    layer = CosineLogits(3, with_means=True)
+    layer.build((None, 8))
+    layer.set_weights([kernel, scale, bias, means, gate])
+    features = rng.normal(size=(5, 8))
+    normed = features / np.linalg.norm(features, axis=1, keepdims=True)
+    nearest = (normed @ unit(means)[:, :2]).max(axis=1, keepdims=True)  # classes 0 and 1: gate 0, trained
+    expected = scale * (normed @ unit(kernel) - gate * nearest) + bias
+    np.testing.assert_allclose(np.asarray(layer(features.astype(np.float32))), expected, rtol=1e-4, atol=1e-4)
