@@ -13,13 +13,16 @@ import pytest
 from conftest import tiny_recipe, write_class_folders, write_recipe
 
 TINY_CLI = [sys.executable, str(pathlib.Path(__file__).with_name("tiny_backbone.py"))]
-FINE_TUNE_EPOCHS = 6
+# Epochs take ~0.1 s after the first: the runs must outlast the test's reaction to the epoch it waits for
+# (a fast machine, or a busy one, finished a 6-epoch run before its Ctrl-C arrived).
+FINE_TUNE_EPOCHS = 20
+EPOCHS_NEVER_REACHED = 500  # for a run the test always stops
 
 
-def recipe_file(tmp_path, photos, runs):
+def recipe_file(tmp_path, photos, runs, fine_tune_epochs=FINE_TUNE_EPOCHS):
     recipe = tiny_recipe(photos, runs)
     recipe["train"]["head"]["epochs"] = 2
-    recipe["train"]["fine_tune"] = {"epochs": FINE_TUNE_EPOCHS, "learning_rate": 0.01, "warmup_epochs": 1}
+    recipe["train"]["fine_tune"] = {"epochs": fine_tune_epochs, "learning_rate": 0.01, "warmup_epochs": 1}
     recipe["augment"] = {"enabled": False}
     return write_recipe(tmp_path / f"{runs.name}.yaml", recipe)
 
@@ -85,7 +88,7 @@ def test_resume_without_a_run_is_a_one_line_error(tmp_path):
 def test_ctrl_c_saves_state_exits_130_and_says_how_to_resume(tmp_path):
     photos = write_class_folders(tmp_path / "photos", per_class=40)
     runs = tmp_path / "interrupted"
-    recipe = recipe_file(tmp_path, photos, runs)
+    recipe = recipe_file(tmp_path, photos, runs, fine_tune_epochs=EPOCHS_NEVER_REACHED)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # SIG_DFL for SIGINT in the child: under a shell's background job (`cmd &`, as CI may run us)
     # SIGINT is inherited as ignored, and Python then installs no KeyboardInterrupt handler.
