@@ -37,7 +37,7 @@ def main() -> None:
     from retail_vision.classifier import build_classifier
     from retail_vision.data import pipeline
     from retail_vision.data.training_data import resolve_training_data
-    from retail_vision.training.feature_cache import extract, feature_extractor
+    from retail_vision.training.feature_cache import feature_extractor
 
     recipe = Recipe.from_yaml(args.recipe, args.overrides)
     data = resolve_training_data(recipe.data, recipe.train.seed)
@@ -51,8 +51,9 @@ def main() -> None:
         batches = lambda examples: pipeline.batched(  # noqa: E731
             pipeline.files_dataset(examples, size, recipe.data.resize), classes, 32, False, 0, False, len(examples))
         started = time.perf_counter()
-        train_x, train_y = extract(feature_extractor(classifier), batches(data.train))
-        val_x, val_y = extract(feature_extractor(classifier), batches(data.validation))
+        extractor = feature_extractor(classifier)
+        train_x, val_x = (extractor.predict(batches(examples), verbose=0) for examples in (data.train, data.validation))
+        train_y, val_y = (np.eye(classes, dtype="float32")[examples.labels] for examples in (data.train, data.validation))
         seconds = time.perf_counter() - started
         keras.utils.set_random_seed(recipe.train.seed)
         head = keras.Sequential([keras.Input(train_x.shape[1:]), keras.layers.Dense(classes, activation="softmax")])

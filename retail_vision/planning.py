@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import shutil
 
 from retail_vision import backbones
 from retail_vision.data.training_data import TrainingData, resolve_training_data
@@ -21,9 +23,12 @@ from retail_vision.recipe import Recipe
 
 # Where training on cached activations is tested; under a TPU strategy `auto` trains uncached.
 CACHE_STRATEGIES = ("none", "mirrored", "multi_worker")
-MEMORY_BUDGET_BYTES = 4 * 2**30  # `auto` caches when the activations fit in this much memory
+# `cache_storage: auto` keeps the cache in memory when it fits this share of the memory available
+# when the run starts (the rest is for the model, the image pipeline and the other processes).
+MEMORY_SHARE = 0.5
 ACTIVATION_BYTES = 2  # activation maps are cached in float16
 FEATURE_BYTES = 4  # pooled features stay float32
+CACHE_FOLDER = "activations"  # in the run directory, when the cache is on disk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +55,9 @@ class Plan:
     unfreeze_layer: str  # its name, for messages
     backbone_layer_count: int
     cache_cut: int | None  # the fine-tune caches the input of this backbone layer; None: pooled features
-    cache_bytes: int  # memory the activation cache takes (0 when nothing is cached)
+    cache_bytes: int  # what the activation cache takes, in memory or on disk (0 when nothing is cached)
+    cache_storage: str | None  # "memory", "disk" (files in the run directory), None when nothing is cached
+    memory_budget: int  # bytes the cache may take in memory (`auto` goes to disk above it)
     replicas: int
     lr_factor: float
     phases: tuple[Phase, ...]  # the phases with epochs to train, in order
@@ -96,8 +103,10 @@ class Plan:
                 lines.append(f"  trainable: {layers}, BatchNorm {recipe.train.fine_tune.batchnorm}")
         if self.cache_bytes:
             where = "pooled features" if self.cache_cut is None else f"the input of {self.unfreeze_layer!r}"
+            storage = ("in memory" if self.cache_storage == "memory" else
+                       f"on disk in the run directory ({CACHE_FOLDER}/, deleted at the end)")
             lines.append(f"cache:      {where}, {_count(self.views, 'view')} per image, "
-                         f"{_size(self.cache_bytes)} in memory")
+                         f"{_size(self.cache_bytes)} {storage}; memory budget {_size(self.memory_budget)}")
         if self.replicas > 1:
             lines.append(f"replicas:   {self.replicas} ({recipe.distribute.strategy}), "
                          f"learning rates x{self.lr_factor:g}")
@@ -105,10 +114,12 @@ class Plan:
         return lines
 
 
-def plan(recipe: Recipe, replicas: int = 1) -> Plan:
+def plan(recipe: Recipe, replicas: int = 1, output: str | None = None) -> Plan:
     """Check `recipe` against its data and backbone and resolve everything `fit` needs.
 
     `replicas`: devices the batch is split over (`fit` passes its tf.distribute strategy's).
+    `output`: the folder the run's files go to (a runs folder, or the run directory it resumes),
+    whose disk must hold an activation cache that does not fit in memory; default: the recipe's runs folder.
     Raises one `UserError` that lists every problem found.
     """
     problems: list[UserError] = []
@@ -153,7 +164,17 @@ def plan(recipe: Recipe, replicas: int = 1) -> Plan:
     _raise_all(problems, recipe)
 
     views = train.head.augmented_views if recipe.augment.active else 1
-    caching = _Caching(recipe, spec, architecture, views, data.train_count)
+    caching = _Caching(recipe, spec, architecture, views, (data.train_count, data.validation_count))
+    if caching.storage == "disk":
+        output = output or recipe.output.runs_dir
+        free = _free_bytes(output)
+        if caching.nbytes > free:
+            problems.append(RecipeError(
+                f"train.cache_storage: the activation cache needs {_size(caching.nbytes)} on disk (more than the "
+                f"memory budget of {_size(caching.memory_budget)}) and {output} has {_size(free)} free; free some "
+                "space, write the run elsewhere (fit --output), or train without the cache "
+                "(train.fine_tune.cache_activations: false and train.head.cache_features: false; slower per epoch)"))
+            _raise_all(problems, recipe)
     lr_factor = float(replicas) if recipe.distribute.lr_scaling == "linear" else 1.0
     steps = math.ceil(data.train_count / train.batch_size)
     phases = []
@@ -164,8 +185,8 @@ def plan(recipe: Recipe, replicas: int = 1) -> Plan:
         phases.append(Phase("fine_tune", train.fine_tune.epochs, train.fine_tune.learning_rate * lr_factor, warmup,
                             steps, caching.fine_tune))
     return Plan(recipe, spec, image_size, data, class_weight, views, architecture.first, architecture.first_name,
-                architecture.layer_count, caching.cut, caching.nbytes, replicas, lr_factor, tuple(phases),
-                tuple(caching.notes))
+                architecture.layer_count, caching.cut, caching.nbytes, caching.storage, caching.memory_budget,
+                replicas, lr_factor, tuple(phases), tuple(caching.notes))
 
 
 class _Architecture:
@@ -214,31 +235,39 @@ class _Architecture:
 
 
 class _Caching:
-    """What the frozen layers compute once: where (`cut`), for which phases, and the memory it takes.
+    """What the frozen layers compute once: where in the network (`cut`), for which phases, its size and storage.
 
     A fine-tune from a block boundary caches the input of its first layer, and the head pools its
-    features from the same activations; otherwise the head caches pooled features. `auto` caches
-    when the activations fit the memory budget.
+    features from the same activations; otherwise the head caches pooled features. The cache is
+    kept in memory when it fits the memory budget (or `cache_storage: memory` says so), else on disk.
     """
 
-    def __init__(self, recipe: Recipe, spec, architecture: _Architecture, views: int, train_count: int):
+    def __init__(self, recipe: Recipe, spec, architecture: _Architecture, views: int, counts: tuple[int, int]):
         head, fine_tune, strategy = recipe.train.head, recipe.train.fine_tune, recipe.distribute.strategy
-        self.cut, self.nbytes, self.fine_tune, self.notes = None, 0, False, []
+        self.cut, self.nbytes, self.fine_tune, self.storage, self.notes = None, 0, False, None, []
+        rows = views * counts[0] + counts[1]  # every training view and every validation image
+        self.memory_budget = memory_budget()
         if fine_tune.epochs and architecture.cut_exists:
-            activation_bytes = views * train_count * architecture.cut_values * ACTIVATION_BYTES
-            self.fine_tune = _should_cache(fine_tune.cache_activations, activation_bytes, strategy)
+            self.fine_tune = _should_cache(fine_tune.cache_activations, strategy)
             if self.fine_tune:
-                self.cut, self.nbytes = architecture.first, activation_bytes
+                self.cut, self.nbytes = architecture.first, rows * architecture.cut_values * ACTIVATION_BYTES
         elif fine_tune.epochs and architecture.first > 0 and fine_tune.cache_activations == "auto":
             self.notes.append(f"fine-tune not cached: {architecture.first_name!r} is inside a block; unfreeze "
                               f"from a block boundary such as {architecture.nearest_cuts} to train the top on "
                               "cached activations")
-        if self.fine_tune:  # the head's features come from the same activations, at no extra memory
+        feature_bytes = rows * spec.feature_dim * FEATURE_BYTES
+        if self.fine_tune:  # the head's features are pooled from the same activations, and kept beside them
             self.head = bool(head.epochs) and head.cache_features is not False
+            self.nbytes += feature_bytes if self.head else 0
         else:
-            feature_bytes = views * train_count * spec.feature_dim * FEATURE_BYTES
-            self.head = bool(head.epochs) and _should_cache(head.cache_features, feature_bytes, strategy)
+            self.head = bool(head.epochs) and _should_cache(head.cache_features, strategy)
             self.nbytes = feature_bytes if self.head else 0
+        if self.nbytes:
+            storage = recipe.train.cache_storage
+            self.storage = storage if storage != "auto" else "memory" if self.nbytes <= self.memory_budget else "disk"
+        elif strategy not in CACHE_STRATEGIES and "auto" in (head.cache_features, fine_tune.cache_activations):
+            self.notes.append(f"no activation cache under distribute.strategy {strategy!r}: every epoch runs "
+                              "the frozen layers (slower per epoch)")
 
 
 def estimate_seconds(the_plan: Plan) -> dict[str, float]:
@@ -293,11 +322,28 @@ def _weightless(spec: backbones.BackboneSpec):
     return spec.build("none")
 
 
-def _should_cache(setting, nbytes: int, strategy: str) -> bool:
-    """`true`/`false` as asked; `auto` caches when `nbytes` of activations fit the memory budget."""
+def _should_cache(setting, strategy: str) -> bool:
+    """`true`/`false` as asked; `auto` caches under the strategies where training on a cache is tested."""
     if setting != "auto":
         return bool(setting)
-    return strategy in CACHE_STRATEGIES and nbytes <= MEMORY_BUDGET_BYTES
+    return strategy in CACHE_STRATEGIES
+
+
+def memory_budget() -> int:
+    """Bytes an activation cache may take in memory: a share of what is available now."""
+    import psutil
+
+    return int(psutil.virtual_memory().available * MEMORY_SHARE)
+
+
+def _free_bytes(folder: str) -> int:
+    """Free disk space where `folder` is or would be created, plus the cache an interrupted run left there."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    left = os.path.join(folder, CACHE_FOLDER)
+    reusable = sum(entry.stat().st_size for entry in os.scandir(left)) if os.path.isdir(left) else 0
+    return shutil.disk_usage(existing).free + reusable
 
 
 def _inverse_frequency(counts: dict[str, int]) -> dict[int, float]:

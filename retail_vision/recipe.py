@@ -100,7 +100,7 @@ class HeadPhaseConfig(_Section):
     epochs: int = Field(5, ge=0, description="epochs training only the head, backbone frozen")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="constant learning rate of the head phase")
     cache_features: Union[Literal["auto"], bool] = Field(
-        "auto", description="train the head on backbone features computed once; auto: when they fit in memory"
+        "auto", description="train the head on backbone features computed once (train.cache_storage says where)"
     )
     augmented_views: int = Field(
         2, ge=1, le=32, description="augmented views per image in the feature cache (when augmentation is on)"
@@ -117,7 +117,7 @@ class FineTunePhaseConfig(_Section):
     cache_activations: Union[Literal["auto"], bool] = Field(
         "auto",
         description="with a partial unfreeze: run the frozen layers once per image view (train.head.augmented_views) "
-        "and train the top on their stored output; auto: when they fit in memory",
+        "and train the top on their stored output (train.cache_storage says where); auto: yes, except on TPUs",
     )
     batchnorm: Literal["frozen", "train"] = Field(
         "frozen",
@@ -149,6 +149,10 @@ class TrainConfig(_Section):
     )
     class_weights: Literal["auto", "none"] = Field(
         "none", description="'auto' weights classes by inverse frequency (imbalanced data)"
+    )
+    cache_storage: Literal["auto", "memory", "disk"] = Field(
+        "auto", description="where cached features/activations live: auto: in memory when they fit half of the "
+        "memory available at the start, else in files in the run directory (deleted when the run ends)"
     )
     head: HeadPhaseConfig = Field(default_factory=HeadPhaseConfig, description="phase 1")
     fine_tune: FineTunePhaseConfig = Field(default_factory=FineTunePhaseConfig, description="phase 2")

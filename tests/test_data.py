@@ -200,8 +200,8 @@ def test_epoch_pipelines_run_without_the_autotune_thread(image_folder):
 
     examples = sources.load_examples(str(image_folder))
     images = batched(files_dataset(examples, 16, "crop"), 3, 8, True, 0, True, len(examples))
-    features = (np.zeros((6, 4), "float16"), np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]])
-    cached_train, cached_val = feature_cache._datasets(features, features, 2, 0, views=2)
+    features = (np.zeros((6, 4), "float16"), np.array([0, 1, 2, 0, 1, 2], "int32"))
+    cached_train, cached_val = feature_cache._datasets(features, features, 2, 0, views=2, num_classes=3)
     for dataset in (images, cached_train, cached_val):
         assert dataset.options().autotune.enabled is False
     assert next(iter(images))[0].shape == (8, 16, 16, 3)
@@ -265,9 +265,10 @@ def test_webp_and_heic_photos_are_read_and_other_files_are_listed_as_skipped(tmp
 
 
 def test_a_long_scan_says_how_far_it_is(tmp_path, monkeypatch, capsys):
+    from retail_vision import console
     from retail_vision.data import scan as scanning
 
-    monkeypatch.setattr(scanning, "PROGRESS_EVERY_S", 0.0)  # every photo counts as long enough
+    monkeypatch.setattr(console, "PROGRESS_EVERY_S", 0.0)  # every photo counts as long enough
     root = write_class_folders(tmp_path / "photos", per_class=3, nested=False)
     usable, _ = scanning.scan(sources.load_examples(str(root)))
     said = [line for line in capsys.readouterr().err.splitlines() if "scanned" in line]

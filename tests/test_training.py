@@ -143,7 +143,7 @@ def test_activations_cached_at_a_cut_give_the_classifiers_features_and_outputs()
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
     backbone = get_backbone(classifier)
     cut = fine_tune_cut(backbone, [layer.name for layer in backbone.layers].index("conv2"))
-    cache = FrozenActivations(classifier, cut, dataset, dataset, augmenter=None, views=1)
+    cache = FrozenActivations(classifier, cut, dataset, dataset, augmenter=None, views=1, counts=(10, 10))
 
     head_train, _ = cache.head_datasets(batch_size=4, seed=0)
     features, _ = next(iter(head_train.unbatch().batch(10)))  # shuffled: compare as sorted rows
@@ -161,8 +161,9 @@ def test_cached_epochs_see_every_photo_once_with_one_view_each():
 
     views, photos, batch_size = 3, 7, 3
     view_and_photo = np.array([[v, p] for v in range(views) for p in range(photos)], "float16")  # view-major
-    labels = np.zeros((views * photos, 2), "float32")
-    train, _ = _datasets((view_and_photo, labels), (view_and_photo, labels), batch_size, seed=0, views=views)
+    labels = np.zeros(views * photos, "int32")
+    train, _ = _datasets((view_and_photo, labels), (view_and_photo, labels), batch_size, seed=0, views=views,
+                         num_classes=2)
     batches = iter(train)
     epochs = []
     for _ in range(2 * views):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pillow_heif
 from PIL import Image
 
-from retail_vision.console import log
+from retail_vision.console import Progress
 from retail_vision.data.sources import IMAGE_EXTENSIONS, Examples
 
 pillow_heif.register_heif_opener()  # Pillow then opens HEIC/HEIF (iPhone) photos
@@ -24,7 +23,6 @@ pillow_heif.register_heif_opener()  # Pillow then opens HEIC/HEIF (iPhone) photo
 DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "HEIF"}
 USABLE = "JPEG, PNG, BMP, GIF, WebP or HEIC"
 EXIF_ORIENTATION = 0x0112  # phones store portrait photos sideways plus this tag; TF's decoders ignore it
-PROGRESS_EVERY_S = 10.0  # a scan of many photos says how far it is at most this often
 
 
 @dataclasses.dataclass
@@ -80,16 +78,11 @@ def check_image(path: str) -> str | None:
 def scan(examples: Examples, workers: int = 8) -> tuple[Examples, list[SkippedFile]]:
     """Split examples into the usable ones (with their EXIF orientations) and the skipped files."""
     results = []
-    started = last_said = time.monotonic()
+    progress = Progress(len(examples.paths), "scanned", "photos")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(inspect_image, examples.paths):
             results.append(result)
-            now = time.monotonic()
-            if now - last_said >= PROGRESS_EVERY_S and len(results) < len(examples.paths):
-                rate = len(results) / (now - started)
-                log(f"scanned {len(results):,} of {len(examples.paths):,} photos ({rate:.0f}/s, about "
-                    f"{(len(examples.paths) - len(results)) / rate:.0f} s left)")
-                last_said = now
+            progress.advance()
     keep = [i for i, (reason, _) in enumerate(results) if reason is None]
     skipped = [SkippedFile(path, reason) for path, (reason, _) in zip(examples.paths, results) if reason]
     usable = examples.subset(keep)

@@ -1,19 +1,21 @@
 """Cached activations: the frozen layers run once per image, training runs on what they computed.
 
 While layers are frozen their output depends only on the input image, so it is computed once
-per image (K augmented views when augmentation is on) and kept in memory:
+per image (K augmented views when augmentation is on) and kept in memory, or in files under
+the run directory when it does not fit there:
 - head phase: the whole backbone is frozen; the head trains on the pooled features.
 - fine-tune phase with a partial unfreeze (`train.fine_tune.unfreeze: block6a_expand_conv`):
   the layers below the first unfrozen one run once; the unfrozen top trains on their output.
   The head phase then takes its pooled features from the same activations (one pass through
   the still-frozen top), so the bottom of the backbone runs once for both phases.
 The models trained here are made of the classifier's own layers, so the trained weights are
-already inside the full model: nothing is copied back. What is cached, where, and whether it
-fits in memory is decided by `plan`.
+already inside the full model: nothing is copied back. What is cached, and whether in memory
+or on disk, is decided by `plan`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import keras
@@ -21,7 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from retail_vision.classifier import BACKBONE_LAYER, HEAD_LAYERS, POOL_LAYER, get_backbone
+from retail_vision.console import Progress
 from retail_vision.data import pipeline
+from retail_vision.training import row_files
 
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:
@@ -74,96 +78,172 @@ class FrozenActivations:
     `cut`: None caches the pooled features (head phase only); a tensor from
     `backbone_layers.fine_tune_cut` caches the bottom's output there (both phases). Activation
     maps are kept in float16, half of float32's memory; pooled features stay float32.
+    `folder`: None keeps everything in memory; a folder keeps it in files there, one per view
+    (row_files.py), and reuses the whole files an interrupted run of the same plan left.
+    `counts`: (training images, validation images), to size the cache before it is filled.
     """
 
-    def __init__(self, classifier, cut, train_ds, val_ds, augmenter, views: int, log=None):
+    def __init__(self, classifier, cut, train_ds, val_ds, augmenter, views: int, counts: tuple[int, int],
+                 folder: str | None = None, log=None):
         if BACKBONE_LAYER not in [layer.name for layer in classifier.layers]:
             raise ValueError("activation caching needs a classifier built by build_classifier")
-        self.classifier = classifier
-        self.cut = cut
-        self.views = views
+        self.classifier, self.cut, self.views, self.folder = classifier, cut, views, folder
+        self.num_classes = classifier.output.shape[-1]
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
         dtype = "float32" if cut is None else "float16"
         started = time.perf_counter()
-        self.train = extract(bottom, train_ds, augmenter, views, dtype, log)
-        self.val = extract(bottom, val_ds, dtype=dtype)
+        self.reused_views = 0
+        self.train = self._extract(bottom, train_ds, counts[0], "train", augmenter, views, dtype, log)
+        self.val = self._extract(bottom, val_ds, counts[1], "val", None, 1, dtype)
         self.summary = {  # for metrics.json: what the cache cost
             "at": "pool" if cut is None else "fine_tune_cut",
             "views": views,
+            "storage": "disk" if folder else "memory",
             "gigabytes": round((self.train[0].nbytes + self.val[0].nbytes) / 1e9, 3),
             "seconds": round(time.perf_counter() - started, 1),
+            "reused_views": self.reused_views,  # whole view files a killed attempt of this run had written
         }
+
+    def _extract(self, model, dataset, count, name, augmenter=None, views=1, dtype="float32", log=None):
+        """(rows [views*count, ...], labels int32 [views*count]) of `model` on `dataset`, view-major.
+
+        Rows are an array in memory, or row_files.ViewFiles of `{name}-{view}.npy` in the folder.
+        `log(message)`, when given, hears how far each view is and when it is done (minutes each on a CPU).
+        """
+
+        @tf.function
+        def step(images):
+            if augmenter is not None:
+                images = augmenter(images, training=True)
+            return tf.cast(model(images, training=False), dtype)
+
+        labels = np.empty(views * count, np.int32)
+        in_memory, files = None, []
+        for view in range(views):
+            span = slice(view * count, (view + 1) * count)
+            if self.folder:
+                path = os.path.join(self.folder, f"{name}-{view + 1}.npy")
+                labels_path = os.path.join(self.folder, f"{name}-{view + 1}-labels.npy")
+                if row_files.is_complete(path) and os.path.exists(labels_path):
+                    files.append(row_files.RowFile(path))
+                    labels[span] = np.load(labels_path)
+                    self.reused_views += 1
+                    if log:
+                        log(f"  view {view + 1}/{views} reused: {path}")
+                    continue
+                writer = row_files.RowWriter(path, count)
+            started, at = time.perf_counter(), span.start
+            progress = Progress(count, f"  view {view + 1}/{views}: cached", "images") if log else None
+            for images, one_hot in dataset:
+                rows = step(images).numpy()
+                labels[at:at + len(rows)] = np.argmax(one_hot, axis=-1)
+                if self.folder:
+                    writer.append(rows)
+                else:
+                    if in_memory is None:
+                        in_memory = np.empty((views * count, *rows.shape[1:]), rows.dtype)
+                    in_memory[at:at + len(rows)] = rows
+                at += len(rows)
+                if progress:
+                    progress.advance(len(rows))
+            if at != span.stop:
+                raise RuntimeError(f"the {name} images gave {at - span.start} rows where the plan counted {count}")
+            if self.folder:
+                _save_atomically(labels_path, labels[span])  # before the rows file: its name marks the view done
+                files.append(writer.finish())
+            if log:
+                log(f"  view {view + 1}/{views} cached in {time.perf_counter() - started:.0f} s")
+        return (in_memory if not self.folder else row_files.ViewFiles(files)), labels
 
     def head_datasets(self, batch_size: int, seed: int):
         """(train, val) datasets of pooled features, for `head_model`."""
         train, val = self.train, self.val
         if self.cut is not None:  # pool the stored activations through the frozen top, once
             to_pooled = keras.Model(*_pooled_top(self.classifier, self.cut), name="frozen_top")
-            train = (_run(to_pooled, train[0], batch_size), train[1])
-            val = (_run(to_pooled, val[0], batch_size), val[1])
-        return _datasets(train, val, batch_size, seed, self.views)
+            train = (self._run(to_pooled, train[0], batch_size, "train-pooled"), train[1])
+            val = (self._run(to_pooled, val[0], batch_size, "val-pooled"), val[1])
+        return _datasets(train, val, batch_size, seed, self.views, self.num_classes)
 
     def fine_tune_datasets(self, batch_size: int, seed: int):
         """(train, val) datasets of the cut activations, for `top_model`."""
-        return _datasets(self.train, self.val, batch_size, seed, self.views)
+        return _datasets(self.train, self.val, batch_size, seed, self.views, self.num_classes)
+
+    def _run(self, model: keras.Model, inputs, batch_size: int, name: str):
+        """`model` on every stored row, stored the same way (in memory, or a file per view in the folder)."""
+
+        @tf.function
+        def step(x):
+            return model(tf.cast(x, tf.float32), training=False)
+
+        if not self.folder:
+            return np.concatenate([step(inputs[i:i + batch_size]).numpy() for i in range(0, len(inputs), batch_size)])
+        files = []
+        for view, source in enumerate(inputs.files):
+            path = os.path.join(self.folder, f"{name}-{view + 1}.npy")
+            if not row_files.is_complete(path):
+                writer = row_files.RowWriter(path, len(source))
+                for i in range(0, len(source), batch_size):
+                    writer.append(step(source.read_range(i, min(i + batch_size, len(source)))).numpy())
+                writer.finish().close()
+            files.append(row_files.RowFile(path))
+        return row_files.ViewFiles(files)
+
+    def close(self) -> None:
+        """Let go of the cache files (the caller deletes the folder)."""
+        for rows, _ in (self.train, self.val):
+            if isinstance(rows, row_files.ViewFiles):
+                rows.close()
 
 
-def extract(model: keras.Model, dataset: tf.data.Dataset, augmenter=None, views: int = 1, dtype: str = "float32",
-            log=None):
-    """(activations [views*N, ...], one-hot labels [views*N, C]) from a batched image dataset.
-
-    `log(message)`, when given, hears about each finished view (minutes each on a CPU).
-    """
-
-    @tf.function
-    def step(images):
-        if augmenter is not None:
-            images = augmenter(images, training=True)
-        return tf.cast(model(images, training=False), dtype)
-
-    outputs, labels = [], []
-    for view in range(views):
-        started = time.perf_counter()
-        for images, one_hot in dataset:
-            outputs.append(step(images).numpy())
-            labels.append(one_hot.numpy())
-        if log:
-            log(f"  view {view + 1}/{views} cached in {time.perf_counter() - started:.0f} s")
-    return np.concatenate(outputs), np.concatenate(labels)
+def _save_atomically(path: str, array: np.ndarray) -> None:
+    with open(f"{path}.tmp", "wb") as handle:
+        np.save(handle, array)
+    os.replace(f"{path}.tmp", path)
 
 
-def _run(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    @tf.function
-    def step(x):
-        return model(tf.cast(x, tf.float32), training=False)
-
-    return np.concatenate([step(inputs[i:i + batch_size]).numpy() for i in range(0, len(inputs), batch_size)])
-
-
-def _datasets(train, val, batch_size: int, seed: int, views: int):
+def _datasets(train, val, batch_size: int, seed: int, views: int, num_classes: int):
     """Endless training batches, one augmented view of every photo per epoch, and validation batches.
 
-    The arrays are view-major (`extract`): epoch e trains on view e mod K, reshuffled (seeded),
-    so each epoch sees every photo once with a fresh augmentation, as the uncached phase does,
-    and K epochs see every view once. Batches never straddle two epochs: each epoch has
-    ceil(N / batch_size) of them, as `steps_per_epoch` counts.
+    The rows are view-major (`FrozenActivations._extract`): epoch e trains on view e mod K,
+    reshuffled (seeded), so each epoch sees every photo once with a fresh augmentation, as the
+    uncached phase does, and K epochs see every view once. Batches never straddle two epochs:
+    each epoch has ceil(N / batch_size) of them, as `steps_per_epoch` counts. Rows in files are
+    read batch by batch in the same order, so both stores train the same model.
     """
-    features, labels = tf.convert_to_tensor(train[0]), tf.convert_to_tensor(train[1])
-    count = len(train[0]) // views
+    count = len(train[1]) // views
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
                                                          seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
         return tf.data.Dataset.from_tensor_slices((epoch % views) * count + order).batch(batch_size)
 
-    def gather(rows):  # float16 activations train in float32
-        return tf.cast(tf.gather(features, rows), tf.float32), tf.gather(labels, rows)
-
     train_ds = (
         tf.data.Dataset.counter()  # epoch numbers; fit stops after its own
         .flat_map(epoch_batches)
-        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(_gather(*train, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    val_ds = tf.data.Dataset.range(len(val[1])).batch(batch_size).map(_gather(*val, num_classes))
     return pipeline.without_autotune_thread(train_ds), pipeline.without_autotune_thread(val_ds)
+
+
+def _gather(rows, labels: np.ndarray, num_classes: int):
+    """indices -> (rows as float32, one-hot labels): a gather in the graph, or positioned reads of the files."""
+    labels = tf.constant(labels)
+    if isinstance(rows, np.ndarray):
+        table = tf.convert_to_tensor(rows)
+
+        def read(indices):
+            return tf.gather(table, indices)
+    else:
+        def read(indices):
+            batch = tf.numpy_function(rows.read_rows, [indices], rows.dtype, stateful=False)
+            batch.set_shape([None, *rows.row_shape])
+            return batch
+
+    def gather(indices):  # float16 activations train in float32
+        return tf.cast(read(indices), tf.float32), tf.one_hot(tf.gather(labels, indices), num_classes)
+
+    return gather

@@ -24,7 +24,7 @@ from retail_vision import backbone_layers, calibration, run_directory
 from retail_vision.classifier import build_classifier, class_directions, get_backbone, store_class_means
 from retail_vision.console import log
 from retail_vision.data import pipeline
-from retail_vision.planning import Plan, plan
+from retail_vision.planning import CACHE_FOLDER, Plan, plan
 from retail_vision.recipe import Recipe
 from retail_vision.rejection import Rejection, fit_rejection
 from retail_vision.training import checkpointing, distribution, feature_cache, multi_worker, phases
@@ -70,7 +70,7 @@ def fit(recipe: Recipe, runs_dir: str | None = None, verbose: int | None = None,
     # First TensorFlow work: a multi-worker strategy must configure collectives before anything runs.
     cluster = distribution.make(recipe.distribute)
     log(f"scanning data: {recipe.data.source}")
-    the_plan = plan(recipe, cluster.replicas)
+    the_plan = plan(recipe, cluster.replicas, output=run_dir or runs_dir)
     for line in the_plan.describe():
         log(line)
     with _process_settings(recipe.train):
@@ -187,7 +187,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     freezer = BackboneFreezer(get_backbone(classifier))
     model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
     models = _ModelBuilder(cluster, recipe.distribute.strategy)
-    cache = _LazyCache(the_plan, classifier, augmenter, train_ds, val_ds, cluster, models)
+    cache = _LazyCache(the_plan, classifier, augmenter, train_ds, val_ds, cluster, models, run_dir)
     runner = phases.PhaseRunner(classifier, state, train, run_dir, verbose, data.train_count)
 
     if "head" in state.phases_done:
@@ -217,6 +217,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     # Gigabytes of cached activations (in the cache and in the last phase's datasets) are not held
     # while the best model is scored, saved and reported on.
     cache_summary = cache.summary
+    cache.close()
     cache = model = train_data = val_data = None
 
     # === The best classifier, saved without augmentation ===
@@ -249,6 +250,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
         "image_size": the_plan.image_size,
         "backbone": recipe.model.backbone,
         "activation_cache": cache_summary,  # None when no phase ran on cached activations in this process
+        "plan_notes": list(the_plan.notes),  # e.g. why a phase trained without the cache
         "distribute": the_plan.distribute_summary,
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
@@ -296,9 +298,13 @@ class _ModelBuilder:
 class _LazyCache:
     """The frozen layers' activations, computed on first use, and the models that train on them."""
 
-    def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster, models: _ModelBuilder):
+    def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster, models: _ModelBuilder,
+                 run_dir: str):
         self.plan, self.classifier, self.augmenter = the_plan, classifier, augmenter
         self.train_ds, self.val_ds, self.cluster, self.models = train_ds, val_ds, cluster, models
+        # On disk: files a killed attempt finished are reused on --resume; the folder goes when training is done.
+        self.run_dir = run_dir
+        self.folder = os.path.join(run_dir, CACHE_FOLDER) if the_plan.cache_storage == "disk" else None
         self.cut = None
         if the_plan.cache_cut is not None:
             self.cut = backbone_layers.fine_tune_cut(get_backbone(classifier), the_plan.cache_cut)
@@ -308,15 +314,25 @@ class _LazyCache:
     def summary(self) -> dict | None:
         return self.activations.summary if self.activations is not None else None
 
+    def close(self) -> None:
+        """Let go of the cache and delete its files, if any."""
+        if self.activations is not None:
+            self.activations.close()
+            self.activations = None
+        shutil.rmtree(os.path.join(self.run_dir, CACHE_FOLDER), ignore_errors=True)
+
     def phase_inputs(self, phase: str, model_class):
         """(training model, train dataset, val dataset) of a cached phase."""
         batch_size, seed = self.plan.recipe.train.batch_size, self.plan.recipe.train.seed
         if self.activations is None:
             where = "pooled features" if self.cut is None else f"the input of {self.plan.unfreeze_layer}"
-            log(f"caching the frozen layers' output: {where}, {self.plan.views} view(s) per image")
+            log(f"caching the frozen layers' output: {where}, {self.plan.views} view(s) per image, "
+                + (f"in {self.folder}" if self.folder else "in memory"))
+            counts = (self.plan.data.train_count, self.plan.data.validation_count)
             with self.cluster.scope():
-                self.activations = feature_cache.FrozenActivations(self.classifier, self.cut, self.train_ds,
-                                                                   self.val_ds, self.augmenter, self.plan.views, log)
+                self.activations = feature_cache.FrozenActivations(
+                    self.classifier, self.cut, self.train_ds, self.val_ds, self.augmenter, self.plan.views, counts,
+                    self.folder, log)
         with self.cluster.scope():
             if phase == "head":
                 train_data, val_data = self.activations.head_datasets(batch_size, seed)
