@@ -110,6 +110,37 @@ def test_report_writes_every_file_and_links_them(tmp_path):
     assert matrix[0][1:] == LABELS and matrix[2] == ["b", "1", "1", "0", "0"]
 
 
+def test_a_report_on_thousands_of_classes_draws_the_most_confused_and_lists_the_rest_in_csv(tmp_path, monkeypatch):
+    from retail_vision.evaluation import plots, report as report_module
+
+    classes = 2000
+    labels = [f"sku-{i:04d}" for i in range(classes)]
+    y_true = np.arange(classes)
+    y_pred = y_true.copy()
+    y_pred[[10, 11, 12]] = [1500, 1500, 7]  # the mistakes: 10 -> 1500, 11 -> 1500, 12 -> 7
+    probs = np.full((classes, classes), 0.1 / classes)
+    probs[y_true, y_pred] = 0.9
+    photo = tmp_path / "photo.png"
+    synthetic_image((90, 100, 200), size=(32, 32)).save(photo)
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault(pathlib.Path(path).name, fig))
+    results = {"model": "m", "data": "d", "hierarchy": None, "skipped_files": [],
+               **metrics.compute(y_true, probs, labels)}
+    write_report(str(tmp_path / "report"), results, [str(photo)] * classes, y_true, probs, labels)
+
+    axes = drawn["confusion_matrix.png"].axes[0]
+    names = [tick.get_text() for tick in axes.get_xticklabels()]
+    assert len(names) == report_module.MATRIX_CLASSES
+    assert {"sku-0010", "sku-1500", "sku-0011", "sku-0012", "sku-0007"} <= set(names)
+    assert "most confused of 2000 classes" in axes.get_title()
+    per_class = list(csv.DictReader((tmp_path / "report" / "per_class.csv").open()))
+    assert len(per_class) == classes and per_class[10]["recall"] == "0.0"
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| sku-") and line.count("|") == 6]
+    assert len(table_rows) == report_module.PER_CLASS_ROWS and table_rows[0].startswith("| sku-0010 |")
+    assert f"and {classes - report_module.PER_CLASS_ROWS} more classes in [per_class.csv]" in markdown
+
+
 def test_summary_lists_top_confusions_as_text():
     results = {"model": "m", "data": "d", "images": 6, "skipped_files": [], **metrics.compute(Y_TRUE, PROBS, LABELS)}
     text = format_summary(results)

@@ -226,3 +226,20 @@ def test_a_model_in_hand_exports_with_its_labels(trained, tmp_path):
     exported = export_model(result.predictor, output=str(tmp_path), name="in_hand", data=str(samples.parent / "photos"))
     assert open(os.path.join(exported.version_dir, "labels.txt")).read().split() == result.labels
     assert exported.report["model"] == "in-memory model"
+
+
+def test_int8_calibration_photos_are_drawn_across_the_classes():
+    from collections import Counter
+
+    from retail_vision.data.sources import Examples
+    from retail_vision.export.exporter import across_classes
+
+    # 40 classes, one of them holding most of the photos: a plain random draw would be mostly that one.
+    labels = [0] * 800 + [c for c in range(1, 40) for _ in range(5)]
+    examples = Examples([f"p{i}.jpg" for i in range(len(labels))], labels, [f"c{c}" for c in range(40)])
+    label_of = dict(zip(examples.paths, labels))
+    drawn = across_classes(examples, 30, seed=0)
+    assert len(set(drawn)) == 30 and len({label_of[p] for p in drawn}) == 30  # 30 classes, one photo each
+    counts = Counter(label_of[p] for p in across_classes(examples, 100, seed=0))
+    assert len(counts) == 40 and max(counts.values()) - min(counts.values()) <= 1
+    assert across_classes(examples, 30, seed=0) == drawn and across_classes(examples, 30, seed=1) != drawn

@@ -81,9 +81,22 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
 
 def top_confusions(matrix: np.ndarray, labels: list[str], limit: int = 20) -> list[dict]:
     """The most frequent (true -> predicted) mistakes, most frequent first, then by name."""
-    rows, cols = np.nonzero(matrix * (1 - np.eye(len(matrix), dtype=matrix.dtype)))
-    pairs = sorted(zip(rows, cols), key=lambda rc: (-matrix[rc], labels[rc[0]], labels[rc[1]]))
-    return [{"true": labels[r], "predicted": labels[c], "count": int(matrix[r, c])} for r, c in pairs[:limit]]
+    return [{"true": labels[r], "predicted": labels[c], "count": int(matrix[r, c])}
+            for r, c in _confused_pairs(matrix, labels)[:limit]]
+
+
+def most_confused_classes(matrix: np.ndarray, labels: list[str], limit: int) -> list[int]:
+    """Up to `limit` class indices: both classes of each most frequent mistake in turn, then the rest in order."""
+    chosen = dict.fromkeys(index for pair in _confused_pairs(matrix, labels) for index in pair)
+    chosen.update(dict.fromkeys(range(len(labels))))  # no (or few) mistakes: fill up in label order
+    return list(chosen)[:limit]
+
+
+def _confused_pairs(matrix: np.ndarray, labels: list[str]) -> list[tuple[int, int]]:
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    rows, cols = np.nonzero(off_diagonal)
+    return sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: (-matrix[rc], labels[rc[0]], labels[rc[1]]))
 
 
 def coarse_accuracy(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], coarse_of: dict[str, str]) -> float:

@@ -30,18 +30,22 @@ def class_order(labels: list[str], groups: dict[str, str] | None = None) -> list
 
 
 def plot_confusion_matrix(matrix, labels: list[str], path: str, groups: dict[str, str] | None = None,
-                          title: str = "Confusion matrix") -> None:
+                          title: str = "Confusion matrix", shown: list[int] | None = None) -> None:
     """Row-normalised confusion matrix (each row: where that class's photos went) with every label shown.
 
+    `shown`: the classes to draw (default all), each row still a share of all that class's images.
     The figure grows with the class count and the font shrinks, so 81 classes stay legible.
     A square-root colour scale makes rare confusions visible next to a bright diagonal.
     """
-    matrix = np.asarray(matrix, dtype=float)
-    order = class_order(labels, groups)
-    matrix = matrix[np.ix_(order, order)]
-    names = [labels[i] for i in order]
+    matrix = np.asarray(matrix)
     support = matrix.sum(axis=1)
-    rates = matrix / np.maximum(support, 1)[:, None]
+    shown_set = set(range(len(labels)) if shown is None else shown)
+    order = [i for i in class_order(labels, groups) if i in shown_set]
+    names = [labels[i] for i in order]
+    support = support[order].astype(float)
+    rates = matrix[np.ix_(order, order)] / np.maximum(support, 1)[:, None]
+    if len(order) < len(labels):
+        title = f"{title}, the {len(order)} most confused of {len(labels)} classes (all: confusion_matrix.csv)"
     n = len(names)
     font = 9 if n <= 20 else 7 if n <= 50 else 6
     side = max(6.0, 0.2 * n + 3.0)
@@ -51,7 +55,7 @@ def plot_confusion_matrix(matrix, labels: list[str], path: str, groups: dict[str
     ax.set_yticks(range(n), [f"{name} ({int(s)})" for name, s in zip(names, support)], fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (images)")
-    ax.set_title(f"{title}: share of each true class's images, {int(support.sum())} images")
+    ax.set_title(f"{title}: share of each true class's images, {int(matrix.sum())} images")
     _annotate_cells(ax, rates, font)
     if groups:
         _mark_groups(ax, [groups.get(name, "") for name in names])

@@ -5,6 +5,7 @@
         metrics.json           the metrics dict of `retail_vision.evaluation.evaluator` (keys documented there)
         predictions.csv        file,true,predicted,confidence,top_k   (top_k: 'label:prob|label:prob...')
         confusion_matrix.csv   counts; rows true classes, columns predicted classes, model label order
+        per_class.csv          class,precision,recall,f1,images for every class (report.md lists the worst)
         confusion_matrix.png, worst_mistakes.png, reliability.png
         reliability_before.png only with the calibration temperature: the diagram before it
         open_set.png           only when photos of unknown products were scored: both score histograms
@@ -27,6 +28,8 @@ from retail_vision.run_directory import replaced
 
 WORST_MISTAKES = 16
 CONFUSIONS_SHOWN = 10
+MATRIX_CLASSES = 100  # beyond this, the matrix picture shows the most confused classes (legible up to ~100)
+PER_CLASS_ROWS = 100  # report.md's per-class table: the worst F1 first, every class in per_class.csv
 
 PICTURES = {  # file -> section title, in report order
     "confusion_matrix.png": "Confusion matrix",
@@ -56,8 +59,10 @@ def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs
     _write_json(os.path.join(report_dir, "metrics.json"), results)
     _write_predictions(os.path.join(report_dir, "predictions.csv"), paths, y_true, probs, labels, top_k)
     _write_matrix(os.path.join(report_dir, "confusion_matrix.csv"), matrix, labels)
+    _write_per_class(os.path.join(report_dir, "per_class.csv"), results["per_class"])
 
-    plots.plot_confusion_matrix(matrix, labels, os.path.join(report_dir, "confusion_matrix.png"), groups)
+    shown = metrics_lib.most_confused_classes(matrix, labels, MATRIX_CLASSES) if len(labels) > MATRIX_CLASSES else None
+    plots.plot_confusion_matrix(matrix, labels, os.path.join(report_dir, "confusion_matrix.png"), groups, shown=shown)
     wrong = _most_confident_mistakes(y_true, probs)
     plots.plot_worst_mistakes(
         [paths[i] for i in wrong], [labels[y_true[i]] for i in wrong], [labels[y_pred[i]] for i in wrong],
@@ -89,6 +94,15 @@ def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
         for file, true, row, classes in zip(paths, y_true, probs, ranked):
             top = "|".join(f"{labels[c]}:{row[c]:.4f}" for c in classes)
             writer.writerow([file, labels[true], labels[classes[0]], f"{row[classes[0]]:.6f}", top])
+
+
+def _write_per_class(path, per_class: dict) -> None:
+    with replaced(path) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["class", "precision", "recall", "f1", "images"])
+            for name, s in per_class.items():
+                writer.writerow([name, s["precision"], s["recall"], s["f1"], s["support"]])
 
 
 def _write_matrix(path, matrix, labels) -> None:
@@ -182,14 +196,17 @@ def markdown(results: dict, pictures: list[str]) -> str:
         out.append("None: every image was classified right.")
     out += ["", "## Per class (worst F1 first; classes with images in the data)", "",
             "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
-    scored = [(name, s) for name, s in results["per_class"].items() if s["support"]]
-    for name, s in sorted(scored, key=lambda item: (item[1]["f1"], item[0])):
+    scored = sorted(((name, s) for name, s in results["per_class"].items() if s["support"]),
+                    key=lambda item: (item[1]["f1"], item[0]))
+    for name, s in scored[:PER_CLASS_ROWS]:
         out.append(f"| {_cell(name)} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
+    if len(scored) > PER_CLASS_ROWS:
+        out += ["", f"... and {len(scored) - PER_CLASS_ROWS} more classes in [per_class.csv](per_class.csv)."]
     if results["skipped_files"]:
         out += ["", "## Skipped files", ""]
         out += [f"- `{s['path']}`: {s['reason']}" for s in results["skipped_files"]]
     out += ["", "Files: [metrics.json](metrics.json), [predictions.csv](predictions.csv), "
-            "[confusion_matrix.csv](confusion_matrix.csv)", ""]
+            "[confusion_matrix.csv](confusion_matrix.csv), [per_class.csv](per_class.csv)", ""]
     return "\n".join(out)
 
 

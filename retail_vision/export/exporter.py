@@ -221,10 +221,24 @@ def _held_out_and_calibration(source: _Source, data, calibration_images: int, se
     if any(unknown.values()):
         raise UserError(f"held-out images: class(es) the model does not know: {', '.join(sorted(unknown)[:10])}; "
                         "give photos of the model's classes")
-    pool = source.split["train"].paths if source.split is not None else held_out.paths  # else: the held-out images
-    rng = np.random.default_rng(seed)
-    calibration = [pool[i] for i in rng.permutation(len(pool))[:calibration_images]]
-    return held_out, calibration
+    pool = source.split["train"] if source.split is not None else held_out  # else: the held-out images
+    return held_out, across_classes(pool, calibration_images, seed)
+
+
+def across_classes(examples: sources.Examples, count: int, seed: int) -> list[str]:
+    """`count` image paths, seeded, one per class in turn: with more classes than images, as many classes as images.
+
+    int8 ranges then come from every kind of product rather than from the largest classes.
+    """
+    taken_of_class: dict[int, int] = {}
+    turn = []  # each image's turn in its class: 0 for the first one drawn, 1 for the second...
+    order = np.random.default_rng(seed).permutation(len(examples.paths))
+    for i in order:
+        label = examples.labels[i]
+        turn.append(taken_of_class.get(label, 0))
+        taken_of_class[label] = turn[-1] + 1
+    by_turn = order[np.argsort(turn, kind="stable")]
+    return [examples.paths[i] for i in by_turn[:count]]
 
 
 def _quantization(kind: str, calibration_paths: list[str], size: int, resize: str) -> tflite.Quantization:
