@@ -57,7 +57,9 @@ class Plan:
     cache_cut: int | None  # the fine-tune caches the input of this backbone layer; None: pooled features
     cache_bytes: int  # what the activation cache takes, in memory or on disk (0 when nothing is cached)
     cache_storage: str | None  # "memory", "disk" (files in the run directory), None when nothing is cached
-    memory_budget: int  # bytes the cache may take in memory (`auto` goes to disk above it)
+    memory_budget: int  # bytes the caches may take in memory (`auto` goes to disk above it)
+    image_cache: bool  # decoded images stay in memory after the first epoch (else decoded every epoch)
+    image_bytes: int  # what they take as uint8 pixels, cached or not
     replicas: int
     lr_factor: float
     phases: tuple[Phase, ...]  # the phases with epochs to train, in order
@@ -107,6 +109,10 @@ class Plan:
                        f"on disk in the run directory ({CACHE_FOLDER}/, deleted at the end)")
             lines.append(f"cache:      {where}, {_count(self.views, 'view')} per image, "
                          f"{_size(self.cache_bytes)} {storage}; memory budget {_size(self.memory_budget)}")
+        if self.image_bytes:
+            lines.append(f"images:     {_size(self.image_bytes)} decoded, "
+                         + ("kept in memory after the first epoch" if self.image_cache else
+                            "decoded again every epoch (data.cache off, or no room in the memory budget)"))
         if self.replicas > 1:
             lines.append(f"replicas:   {self.replicas} ({recipe.distribute.strategy}), "
                          f"learning rates x{self.lr_factor:g}")
@@ -164,7 +170,7 @@ def plan(recipe: Recipe, replicas: int = 1, output: str | None = None) -> Plan:
     _raise_all(problems, recipe)
 
     views = train.head.augmented_views if recipe.augment.active else 1
-    caching = _Caching(recipe, spec, architecture, views, (data.train_count, data.validation_count))
+    caching = _Caching(recipe, spec, architecture, views, (data.train_count, data.validation_count), image_size)
     if caching.storage == "disk":
         output = output or recipe.output.runs_dir
         free = _free_bytes(output)
@@ -186,7 +192,7 @@ def plan(recipe: Recipe, replicas: int = 1, output: str | None = None) -> Plan:
                             steps, caching.fine_tune))
     return Plan(recipe, spec, image_size, data, class_weight, views, architecture.first, architecture.first_name,
                 architecture.layer_count, caching.cut, caching.nbytes, caching.storage, caching.memory_budget,
-                replicas, lr_factor, tuple(phases), tuple(caching.notes))
+                caching.image_cache, caching.image_bytes, replicas, lr_factor, tuple(phases), tuple(caching.notes))
 
 
 class _Architecture:
@@ -235,14 +241,16 @@ class _Architecture:
 
 
 class _Caching:
-    """What the frozen layers compute once: where in the network (`cut`), for which phases, its size and storage.
+    """What is computed once and kept: the frozen layers' output and the decoded images, their sizes and storage.
 
     A fine-tune from a block boundary caches the input of its first layer, and the head pools its
-    features from the same activations; otherwise the head caches pooled features. The cache is
-    kept in memory when it fits the memory budget (or `cache_storage: memory` says so), else on disk.
+    features from the same activations; otherwise the head caches pooled features. The activation
+    cache is kept in memory when it fits the memory budget (or `cache_storage: memory` says so),
+    else on disk; the decoded images stay in memory when they fit what it leaves of the budget.
     """
 
-    def __init__(self, recipe: Recipe, spec, architecture: _Architecture, views: int, counts: tuple[int, int]):
+    def __init__(self, recipe: Recipe, spec, architecture: _Architecture, views: int, counts: tuple[int, int],
+                 image_size: int):
         head, fine_tune, strategy = recipe.train.head, recipe.train.fine_tune, recipe.distribute.strategy
         self.cut, self.nbytes, self.fine_tune, self.storage, self.notes = None, 0, False, None, []
         rows = views * counts[0] + counts[1]  # every training view and every validation image
@@ -262,10 +270,14 @@ class _Caching:
         else:
             self.head = bool(head.epochs) and _should_cache(head.cache_features, strategy)
             self.nbytes = feature_bytes if self.head else 0
+        storage = recipe.train.cache_storage
         if self.nbytes:
-            storage = recipe.train.cache_storage
             self.storage = storage if storage != "auto" else "memory" if self.nbytes <= self.memory_budget else "disk"
-        elif strategy not in CACHE_STRATEGIES and "auto" in (head.cache_features, fine_tune.cache_activations):
+        self.image_bytes = sum(counts) * image_size * image_size * 3
+        left = self.memory_budget - (self.nbytes if self.storage == "memory" else 0)
+        self.image_cache = recipe.data.cache and (storage == "memory" or storage == "auto" and self.image_bytes <= left)
+        if not self.nbytes and strategy not in CACHE_STRATEGIES and "auto" in (head.cache_features,
+                                                                                 fine_tune.cache_activations):
             self.notes.append(f"no activation cache under distribute.strategy {strategy!r}: every epoch runs "
                               "the frozen layers (slower per epoch)")
 

@@ -54,7 +54,8 @@ class DataConfig(_Section):
         "crop", description="keep aspect ratio and center-crop, or pad, to the square input"
     )
     cache: bool = Field(
-        True, description="cache decoded, resized images after the first epoch: in memory if they fit, else in files"
+        True, description="keep decoded, resized images in memory after the first epoch when they fit the memory "
+        "budget (train.cache_storage); else each epoch decodes the photos again"
     )
     allow_outside_paths: bool = Field(
         False, description="let a manifest name files outside its own folder (refused by default)"

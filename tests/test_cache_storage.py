@@ -69,12 +69,14 @@ def test_a_cache_on_disk_trains_the_same_model_as_one_in_memory(image_folder, tm
 
 def test_auto_storage_goes_to_disk_above_the_memory_budget_and_check_says_so(image_folder, tmp_path, monkeypatch):
     recipe = Recipe.from_dict(_cut_recipe(image_folder, tmp_path, "auto"))
-    assert planning.plan(recipe).cache_storage == "memory"
+    roomy = planning.plan(recipe)
+    assert roomy.cache_storage == "memory" and roomy.image_cache
+    assert roomy.image_bytes == 24 * 32 * 32 * 3  # every photo as uint8 pixels at the plan's size
     monkeypatch.setattr(planning, "MEMORY_SHARE", 0.0)
     the_plan = planning.plan(recipe)
-    assert the_plan.cache_storage == "disk" and the_plan.memory_budget == 0
-    said = [line for line in the_plan.describe() if line.startswith("cache:")]
-    assert said and "on disk in the run directory" in said[0]
+    assert the_plan.cache_storage == "disk" and the_plan.memory_budget == 0 and not the_plan.image_cache
+    said = {line.split(":")[0]: line for line in the_plan.describe()}
+    assert "on disk in the run directory" in said["cache"] and "decoded again every epoch" in said["images"]
 
 
 def test_a_run_needing_more_disk_than_is_free_is_refused_before_it_starts(image_folder, tmp_path, monkeypatch):

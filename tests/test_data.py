@@ -179,17 +179,23 @@ def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(image_fold
     assert len(sources.load_examples(str(manifest), allow_outside_paths=True)) == 2
 
 
-def test_cache_goes_to_files_when_the_images_do_not_fit_in_memory(image_folder, tmp_path):
-    from retail_vision.data.pipeline import batched, cache_location, files_dataset
+def test_images_not_cached_are_shuffled_as_files_before_decoding(image_folder):
+    # Without the image cache (no room in memory) a shuffle buffer of decoded images would hold
+    # them all: the files are shuffled instead, anew each epoch, and every photo still comes once.
+    from retail_vision.data.training_data import TrainingData
 
-    assert cache_location(100, 32, str(tmp_path / "small")) is True
-    location = cache_location(10**9, 224, str(tmp_path / "big"))
-    assert location == str(tmp_path / "big" / "images")
-    examples = sources.load_examples(str(image_folder))
-    dataset = batched(files_dataset(examples, 16, "crop"), 3, 8, False, 0, location, len(examples))
-    first = [labels.numpy().argmax(1).tolist() for _, labels in dataset]
-    assert any(name.startswith("images") for name in __import__("os").listdir(tmp_path / "big"))
-    assert [labels.numpy().argmax(1).tolist() for _, labels in dataset] == first  # second epoch from the files
+    data = TrainingData(["red-apple", "green-pear", "blue-carton"], sources.load_examples(str(image_folder)),
+                        sources.load_examples(str(image_folder)), [], train_count=24, validation_count=24)
+    train, _ = data.datasets(16, "crop", 24, seed=0, cache=False)
+    epochs = [next(iter(train))[0].numpy() for _ in range(2)]
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+    np.testing.assert_array_equal(np.sort(epochs[0].reshape(24, -1), axis=0), np.sort(epochs[1].reshape(24, -1), axis=0))
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef.FromString(tf.raw_ops.DatasetToGraphV2(input_dataset=train._variant_tensor).numpy())
+    node = {n.name: n for n in graph.node}
+    shuffles = [n for n in graph.node if n.op.startswith("ShuffleDataset")]
+    assert len(shuffles) == 1 and node[shuffles[0].input[0]].op == "TensorSliceDataset"  # the file list, not images
 
 
 def test_epoch_pipelines_run_without_the_autotune_thread(image_folder):

@@ -86,14 +86,20 @@ def _decode_heif(path: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def files_dataset(examples: Examples, size: int, mode: str) -> tf.data.Dataset:
-    """(image float32 [size,size,3] in 0..255, label int32) from image files, decoded in parallel."""
+def files_dataset(examples: Examples, size: int, mode: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(image float32 [size,size,3] in 0..255, label int32) from image files, decoded in parallel.
+
+    `shuffle_seed`: shuffle the files anew each epoch before decoding them, so that no shuffle
+    buffer of decoded images is needed (for images that are not cached: memory stays bounded).
+    """
     orientations = examples.orientations or [1] * len(examples)
     # os.fsencode: file names that are not valid UTF-8 still reach tf.io.read_file byte for byte.
     paths = tf.constant([os.fsencode(path) for path in examples.paths], tf.string)
     dataset = tf.data.Dataset.from_tensor_slices(
         (paths, tf.constant(orientations, tf.int32), tf.constant(examples.labels, tf.int32))
     )
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(max(len(examples), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.map(
         lambda path, orientation, label: (load_and_resize(path, size, mode, orientation), label),
         num_parallel_calls=AUTOTUNE,
@@ -107,38 +113,25 @@ def batched(
     batch_size: int,
     shuffle: bool,
     seed: int,
-    cache: bool | str,
+    cache: bool,
     sample_count: int,
 ) -> tf.data.Dataset:
-    """Cache decoded images, shuffle (seeded, anew each epoch), one-hot, batch and prefetch.
+    """Cache decoded images in memory, shuffle (seeded, anew each epoch), one-hot, batch and prefetch.
 
-    `cache`: True keeps the images in memory, a path caches them in files there, False not at all.
     The cache holds uint8 pixels (rounded after the resize), a quarter of float32's memory:
-    2,640 grocery photos at 224 px take 0.4 GB instead of 1.6 GB.
+    2,640 grocery photos at 224 px take 0.4 GB instead of 1.6 GB. `shuffle` holds every image
+    in its buffer: for images that are not cached, shuffle the files instead (`files_dataset`).
     """
     if cache:
         images = images.map(lambda image, label: (tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8), label),
                             num_parallel_calls=AUTOTUNE)
-        images = images.cache(cache if isinstance(cache, str) else "")
+        images = images.cache()
     if shuffle:
         images = images.shuffle(max(sample_count, 1), seed=seed, reshuffle_each_iteration=True)
     images = images.map(
         lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)), num_parallel_calls=AUTOTUNE
     )
     return without_autotune_thread(images.batch(batch_size).prefetch(AUTOTUNE))
-
-
-def cache_location(image_count: int, size: int, folder: str, budget_fraction: float = 0.25) -> bool | str:
-    """Memory when the uint8 images fit in a quarter of this machine's RAM, else files in `folder`."""
-    needed = image_count * size * size * 3
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = 8 * 2**30
-    if needed <= memory * budget_fraction:
-        return True
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, "images")
 
 
 def at_least_one_row_per_replica(dataset: tf.data.Dataset, replicas: int,

@@ -28,11 +28,11 @@ class TrainingData:
     def train_class_counts(self) -> dict[str, int]:
         return self.train.counts() if self.train is not None else {}
 
-    def datasets(self, image_size: int, resize: str, batch_size: int, seed: int, cache: bool,
-                 cache_folder: str | None = None):
+    def datasets(self, image_size: int, resize: str, batch_size: int, seed: int, cache: bool):
         """(train, validation) tf.data datasets of float32 0..255 images and one-hot labels.
 
-        With `cache`, images stay in memory when they fit, else in files under `cache_folder`.
+        `cache`: keep the decoded images in memory after the first epoch (the plan decides whether they fit);
+        without it the training files are shuffled before decoding, so memory stays bounded at any size.
         """
         from retail_vision.data import pipeline, tfds_source
 
@@ -43,15 +43,12 @@ class TrainingData:
             train_images = train_images.map(lambda im, lb: (pipeline.resize_image(im, image_size, resize), lb))
             val_images = val_images.map(lambda im, lb: (pipeline.resize_image(im, image_size, resize), lb))
         else:
-            train_images = pipeline.files_dataset(self.train, image_size, resize)
+            train_images = pipeline.files_dataset(self.train, image_size, resize, shuffle_seed=None if cache else seed)
             val_images = pipeline.files_dataset(self.validation, image_size, resize)
         num_classes = len(self.class_names)
-        train_cache = val_cache = cache
-        if cache and cache_folder:
-            train_cache = pipeline.cache_location(self.train_count, image_size, f"{cache_folder}/train")
-            val_cache = pipeline.cache_location(self.validation_count, image_size, f"{cache_folder}/validation")
-        train = pipeline.batched(train_images, num_classes, batch_size, True, seed, train_cache, self.train_count)
-        val = pipeline.batched(val_images, num_classes, batch_size, False, seed, val_cache, self.validation_count)
+        shuffle_images = cache or self.tfds_builder is not None  # else the files were shuffled
+        train = pipeline.batched(train_images, num_classes, batch_size, shuffle_images, seed, cache, self.train_count)
+        val = pipeline.batched(val_images, num_classes, batch_size, False, seed, cache, self.validation_count)
         return train, val
 
 

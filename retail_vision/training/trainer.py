@@ -181,9 +181,8 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
             run_directory.SPLIT_FILE: run_directory.split_json(data)})
     log(f"run directory: {run_dir}")
     state = checkpointing.RunState(run_dir)
-    shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # an image file cache a killed run left half-written
     train_ds, val_ds = data.datasets(the_plan.image_size, recipe.data.resize, train.batch_size, train.seed,
-                                     recipe.data.cache, cache_folder=f"{run_dir}/cache")
+                                     the_plan.image_cache)
     freezer = BackboneFreezer(get_backbone(classifier))
     model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
     models = _ModelBuilder(cluster, recipe.distribute.strategy)
@@ -254,7 +253,6 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
         "distribute": the_plan.distribute_summary,
     }
     run_directory.write_json(run_dir, run_directory.HISTORY_FILE, state.history)
-    shutil.rmtree(f"{run_dir}/cache", ignore_errors=True)  # a file cache of the images, when they did not fit
     return RunResult(run_dir, classifier, metrics, state.history, list(data.class_names), recipe.data.resize,
                      rejection)
 
