@@ -1,6 +1,7 @@
 """How `fit`'s cost grows with the photos: seconds per image per stage, cache bytes and peak memory at N images.
 
     python benchmarks/scale.py [--images 2000,20000,200000] [--classes 500] [--storage disk] [--json]
+    python benchmarks/scale.py --images 20000 --workers 2    # the multi_worker path, local workers
 
 For each N it generates a folder of N synthetic product photos in K classes (small JPEGs whose
 colour, stripes and angle depend on the class, written once under --work, never in the repo),
@@ -15,7 +16,9 @@ lands on a machine whose memory it does not fit). Per stage it reports seconds p
 - head, fine_tune: the phases' wall time (metrics.json) per training image and epoch;
 - rest: everything else in the process (start-up, building the model, the class means, the
   calibration, the rejection threshold and the report), per photo.
-Peak RSS is the fit process's own (os.wait4), in GB.
+Peak RSS is the fit process's own (os.wait4), in GB; with --workers, the largest worker's.
+--workers N runs N local `fit` processes as one multi_worker cluster (TF_CONFIG, worker 0 the
+chief; the times are the chief's): the global batch is the same, split over the workers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -77,7 +81,7 @@ def photo_folder(root: str, images: int, classes: int) -> str:
     return folder
 
 
-def recipe(folder: str, image_size: int, storage: str) -> dict:
+def recipe(folder: str, image_size: int, storage: str, workers: int) -> dict:
     return {
         "name": "scale",
         "data": {"source": os.path.join(folder, "photos"), "validation": 0.1, "image_size": image_size},
@@ -89,34 +93,54 @@ def recipe(folder: str, image_size: int, storage: str) -> dict:
                   "fine_tune": {"epochs": 1, "learning_rate": 0.001, "warmup_epochs": 0.2,
                                 "unfreeze": "block6a_expand_conv"}},
         "output": {"runs_dir": os.path.join(folder, "runs")},
+        "distribute": {"strategy": "multi_worker" if workers > 1 else "none"},
     }
 
 
-def run_fit(folder: str, image_size: int, storage: str) -> dict:
-    """One `retail-vision fit` in a fresh process: its stage times, cache and peak RSS."""
+def run_fit(folder: str, image_size: int, storage: str, workers: int) -> dict:
+    """One `retail-vision fit` in fresh processes (one per worker): the chief's stage times, cache and peak RSS."""
     import yaml
 
     path = os.path.join(folder, "scale.yaml")
     with open(path, "w") as handle:
-        yaml.safe_dump(recipe(folder, image_size, storage), handle)
+        yaml.safe_dump(recipe(folder, image_size, storage, workers), handle)
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "retail_vision.cli", "fit", path], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    said = {}
-    for line in process.stderr:  # streamed: the marker times are when each line was said
+    processes = [subprocess.Popen([sys.executable, "-m", "retail_vision.cli", "fit", path], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE if index == 0 else subprocess.DEVNULL,
+                                  text=True)
+                 for index, env in enumerate(_worker_environments(workers))]
+    chief, said = processes[0], {}
+    for line in chief.stderr:  # streamed: the marker times are when each line was said
         sys.stderr.write(line)
         for marker in ("scanning data:", "backbone:"):
             if marker in line and marker not in said:
                 said[marker] = time.perf_counter() - started
-    run_dir = process.stdout.read().strip().splitlines()[-1]
-    _, status, usage = os.wait4(process.pid, 0)
+    run_dir = chief.stdout.read().strip().splitlines()[-1]
     wall = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"fit failed (status {status}) on {folder}")
+    peak = 0.0
+    for process in processes:
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            raise SystemExit(f"fit failed (status {status}) on {folder}")
+        peak = max(peak, usage.ru_maxrss * 1024 / 1e9)  # ru_maxrss is in kB on Linux
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
     return {"wall_s": wall, "scan_s": said["backbone:"] - said["scanning data:"], "metrics": metrics,
-            "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}  # ru_maxrss is in kB on Linux
+            "peak_rss_gb": peak}
+
+
+def _worker_environments(workers: int) -> list[dict]:
+    """The environment of each local process: TF_CONFIG naming free local ports when there are several."""
+    if workers == 1:
+        return [dict(os.environ)]
+    sockets = [socket.socket() for _ in range(workers)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]}
+    for sock in sockets:
+        sock.close()
+    return [{**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            for index in range(workers)]
 
 
 def stage_costs(images: int, fitted: dict) -> dict:
@@ -127,7 +151,8 @@ def stage_costs(images: int, fitted: dict) -> dict:
               "head": phases["head"]["wall_s"], "fine_tune": phases["fine_tune"]["wall_s"]}
     rest = fitted["wall_s"] - sum(staged.values())
     return {
-        "images": images, "classes": metrics["classes"], "train": train, "val": val,
+        "images": images, "classes": metrics["classes"], "workers": metrics["distribute"]["replicas"],
+        "train": train, "val": val,
         "scan_ms": 1e3 * staged["scan"] / images,
         "cache_ms": 1e3 * staged["cache"] / (cache["views"] * train + val),
         "head_ms": 1e3 * staged["head"] / (train * phases["head"]["epochs"]),
@@ -147,6 +172,7 @@ def main():
     parser.add_argument("--classes", type=int, default=500, help="classes at every count")
     parser.add_argument("--image-size", type=int, default=64, help="recipe image size (px)")
     parser.add_argument("--storage", default="disk", choices=["auto", "memory", "disk"], help="train.cache_storage")
+    parser.add_argument("--workers", type=int, default=1, help="local multi_worker processes")
     parser.add_argument("--work", default="/tmp/retail-vision-scale", help="generated photos and runs (not the repo)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
@@ -154,10 +180,10 @@ def main():
     rows = []
     for images in (int(n) for n in args.images.split(",")):
         folder = photo_folder(args.work, images, min(args.classes, images // 4))
-        rows.append(stage_costs(images, run_fit(folder, args.image_size, args.storage)))
+        rows.append(stage_costs(images, run_fit(folder, args.image_size, args.storage, args.workers)))
         print(table(rows, [c for c in rows[0] if c != "fallbacks"]), file=sys.stderr, flush=True)
     result = {"command": " ".join(sys.argv), "rows": rows}
-    path = write_results("scale", result)
+    path = write_results("scale" if args.workers == 1 else f"scale_{args.workers}_workers", result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -117,7 +117,7 @@ def test_a_run_killed_while_caching_to_disk_reuses_the_finished_views_on_resume(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "view 1/3 reused" in resumed.stderr
     metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
-    assert metrics["activation_cache"]["storage"] == "disk" and metrics["activation_cache"]["reused_views"] >= 1
+    assert metrics["activation_cache"]["storage"] == "disk" and metrics["activation_cache"]["reused_files"] >= 1
     assert metrics["val_top1"] > 0.5 and not cache_folder.exists()
 
 
@@ -129,3 +129,31 @@ def test_a_long_cache_pass_says_how_far_it_is(image_folder, tmp_path, monkeypatc
         **tiny_recipe("", "")["train"], "batch_size": 4, "fine_tune": {"epochs": 0}})), verbose=0)
     said = [line for line in capsys.readouterr().err.splitlines() if "view 1/1: cached" in line]
     assert said and said[0].startswith("[retail-vision]   view 1/1: cached 4 of 18 images (") and "s left)" in said[0]
+
+
+def test_a_view_recomputed_after_a_resume_draws_its_own_augmentation_not_the_first_views(tmp_path):
+    import tensorflow as tf
+
+    from retail_vision.recipe import AugmentConfig
+    from retail_vision.training.augment import build_augmenter
+    from retail_vision.training.feature_cache import FrozenActivations
+
+    classifier = build_classifier(TINY_BACKBONE, 3, "none", dropout=0.0, image_size=32)
+    images = np.random.default_rng(1).uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.eye(3, dtype="float32")[np.arange(12) % 3])).batch(4)
+
+    def cache():  # a fresh augmenter each time, as in a new process
+        augmenter = build_augmenter(AugmentConfig(flip="horizontal", rotation=0.2), seed=42)
+        return FrozenActivations(classifier, None, dataset, dataset, augmenter, views=3, counts=(12, 12),
+                                 folder=str(tmp_path / "activations"))
+
+    first = cache()
+    views = [first.train[0].files[v].read_range(0, 12) for v in range(3)]
+    assert not np.allclose(views[1], views[2])
+    first.close()
+    for view in (2, 3):  # as if killed after the first view
+        (tmp_path / "activations" / f"train-{view}.npy").unlink()
+    resumed = cache()
+    assert resumed.reused_files == 2  # the first training view and the validation images
+    for view in range(3):
+        np.testing.assert_allclose(resumed.train[0].files[view].read_range(0, 12), views[view], atol=1e-5)

@@ -27,6 +27,8 @@ from retail_vision.console import Progress
 from retail_vision.data import pipeline
 from retail_vision.training import row_files
 
+VIEW_DRAWS = 2**32  # random draws set aside per augmented view: far more than its batches take
+
 
 def feature_extractor(classifier: keras.Model) -> keras.Model:
     """image (0..255) -> pooled backbone features, sharing the classifier's layers."""
@@ -94,7 +96,7 @@ class FrozenActivations:
         bottom = feature_extractor(classifier) if cut is None else bottom_model(classifier, cut)
         dtype = "float32" if cut is None else "float16"
         started = time.perf_counter()
-        self.reused_views = 0
+        self.reused_files = 0
         self.train = self._extract(bottom, train_ds, counts[0], "train", augmenter, views, dtype, log)
         self.val = self._extract(bottom, val_ds, counts[1], "val", None, 1, dtype)
         self.summary = {  # for metrics.json: what the cache cost
@@ -103,7 +105,7 @@ class FrozenActivations:
             "storage": "disk" if folder else "memory",
             "gigabytes": round((self.train[0].nbytes + self.val[0].nbytes) / 1e9, 3),
             "seconds": round(time.perf_counter() - started, 1),
-            "reused_views": self.reused_views,  # whole view files a killed attempt of this run had written
+            "reused_files": self.reused_files,  # whole view files a killed attempt of this run had written
         }
 
     def _extract(self, model, dataset, count, name, augmenter=None, views=1, dtype="float32", log=None):
@@ -129,11 +131,13 @@ class FrozenActivations:
                 if row_files.is_complete(path) and os.path.exists(labels_path):
                     files.append(row_files.RowFile(path))
                     labels[span] = np.load(labels_path)
-                    self.reused_views += 1
+                    self.reused_files += 1
                     if log:
                         log(f"  view {view + 1}/{views} reused: {path}")
                     continue
                 writer = row_files.RowWriter(path, count)
+            if augmenter is not None:
+                _start_view(augmenter, view)
             started, at = time.perf_counter(), span.start
             progress = Progress(count, f"  view {view + 1}/{views}: cached", "images") if log else None
             for images, one_hot in dataset:
@@ -195,6 +199,16 @@ class FrozenActivations:
         for rows, _ in (self.train, self.val):
             if isinstance(rows, row_files.ViewFiles):
                 rows.close()
+
+
+def _start_view(augmenter: keras.Model, view: int) -> None:
+    """Each view's random draws start at their own place in the seeded streams (`view` x VIEW_DRAWS).
+
+    A view computed again in a resumed process then never repeats the draws of a view it reused.
+    """
+    for state in augmenter.variables:
+        if state.name == "seed_generator_state":  # [seed, draws so far] of each random layer
+            state.assign(tf.stack([state[0], tf.constant(view * VIEW_DRAWS, state.dtype)]))
 
 
 def _save_atomically(path: str, array: np.ndarray) -> None:
