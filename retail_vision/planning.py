@@ -110,9 +110,12 @@ class Plan:
             lines.append(f"cache:      {where}, {_count(self.views, 'view')} per image, "
                          f"{_size(self.cache_bytes)} {storage}; memory budget {_size(self.memory_budget)}")
         if self.image_bytes:
+            why_not = ("data.cache is false" if not recipe.data.cache else
+                       "train.cache_storage is disk" if recipe.train.cache_storage == "disk" else
+                       "more than the memory budget leaves")
             lines.append(f"images:     {_size(self.image_bytes)} decoded, "
                          + ("kept in memory after the first epoch" if self.image_cache else
-                            "decoded again every epoch (data.cache off, or no room in the memory budget)"))
+                            f"decoded again every epoch ({why_not})"))
         if self.replicas > 1:
             lines.append(f"replicas:   {self.replicas} ({recipe.distribute.strategy}), "
                          f"learning rates x{self.lr_factor:g}")
