@@ -183,7 +183,9 @@ def main():
         rows.append(stage_costs(images, run_fit(folder, args.image_size, args.storage, args.workers)))
         print(table(rows, [c for c in rows[0] if c != "fallbacks"]), file=sys.stderr, flush=True)
     result = {"command": " ".join(sys.argv), "rows": rows}
-    path = write_results("scale" if args.workers == 1 else f"scale_{args.workers}_workers", result)
+    name = "scale" + (f"_{args.classes}_classes" if args.classes != 500 else "") + (
+        f"_{args.workers}_workers" if args.workers > 1 else "")
+    path = write_results(name, result)
     if args.json:
         print(json.dumps(result))
     else:
