@@ -113,9 +113,9 @@ class Plan:
             why_not = ("data.cache is false" if not recipe.data.cache else
                        "train.cache_storage is disk" if recipe.train.cache_storage == "disk" else
                        "more than the memory budget leaves")
-            lines.append(f"images:     {_size(self.image_bytes)} decoded, "
+            lines.append(f"images:     {_size(self.image_bytes)} of decoded pixels, "
                          + ("kept in memory after the first epoch" if self.image_cache else
-                            f"decoded again every epoch ({why_not})"))
+                            f"not kept: decoded again every epoch ({why_not})"))
         if self.replicas > 1:
             lines.append(f"replicas:   {self.replicas} ({recipe.distribute.strategy}), "
                          f"learning rates x{self.lr_factor:g}")
