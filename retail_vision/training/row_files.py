@@ -1,7 +1,7 @@
 """Arrays bigger than memory as .npy files of rows: written batch by batch, read back row by row.
 
 The activation cache keeps each augmented view in one such file under the run directory when
-the views do not fit in memory. Reads go through `os.preadv`, not a memory map: the pages read
+the views do not fit in memory. Reads go through `os.pread`, not a memory map: the pages read
 then sit in the operating system's file cache, which it shrinks as it needs, instead of
 counting as this process's memory, so a run's memory stays the same at any number of photos.
 A file appears under its final name only when every row is in it (written to a temporary name,
@@ -75,8 +75,10 @@ class RowFile:
         return out
 
     def _read_into(self, out: np.ndarray, position: int) -> None:
-        if os.preadv(self.descriptor, [memoryview(out).cast("B")], position) != out.nbytes:
+        data = os.pread(self.descriptor, out.nbytes, position)  # positioned: no shared file offset between threads
+        if len(data) != out.nbytes:
             raise OSError(f"{self.path}: shorter than its header says (a damaged cache file; delete it)")
+        memoryview(out).cast("B")[:] = data
 
     def close(self) -> None:
         if self.descriptor is not None:
