@@ -169,7 +169,8 @@ def stage_costs(images: int, fitted: dict) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", default="2000,20000,200000", help="comma-separated photo counts")
-    parser.add_argument("--classes", type=int, default=500, help="classes at every count")
+    parser.add_argument("--classes", type=int, default=500,
+                        help="classes at every count (at most a quarter of the photos: 4 photos per class or more)")
     parser.add_argument("--image-size", type=int, default=64, help="recipe image size (px)")
     parser.add_argument("--storage", default="disk", choices=["auto", "memory", "disk"], help="train.cache_storage")
     parser.add_argument("--workers", type=int, default=1, help="local multi_worker processes")

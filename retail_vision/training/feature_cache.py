@@ -90,6 +90,7 @@ class FrozenActivations:
         if BACKBONE_LAYER not in [layer.name for layer in classifier.layers]:
             raise ValueError("activation caching needs a classifier built by build_classifier")
         self.classifier, self.cut, self.views, self.folder = classifier, cut, views, folder
+        self.opened: list[row_files.ViewFiles] = []  # closed by close()
         self.num_classes = classifier.output.shape[-1]
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -159,7 +160,10 @@ class FrozenActivations:
                 files.append(writer.finish())
             if log:
                 log(f"  view {view + 1}/{views} cached in {time.perf_counter() - started:.0f} s")
-        return (in_memory if not self.folder else row_files.ViewFiles(files)), labels
+        if not self.folder:
+            return in_memory, labels
+        self.opened.append(row_files.ViewFiles(files))
+        return self.opened[-1], labels
 
     def head_datasets(self, batch_size: int, seed: int):
         """(train, val) datasets of pooled features, for `head_model`."""
@@ -192,13 +196,13 @@ class FrozenActivations:
                     writer.append(step(source.read_range(i, min(i + batch_size, len(source)))).numpy())
                 writer.finish().close()
             files.append(row_files.RowFile(path))
-        return row_files.ViewFiles(files)
+        self.opened.append(row_files.ViewFiles(files))
+        return self.opened[-1]
 
     def close(self) -> None:
         """Let go of the cache files (the caller deletes the folder)."""
-        for rows, _ in (self.train, self.val):
-            if isinstance(rows, row_files.ViewFiles):
-                rows.close()
+        for files in self.opened:
+            files.close()
 
 
 def _start_view(augmenter: keras.Model, view: int) -> None:

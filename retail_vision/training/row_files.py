@@ -61,9 +61,9 @@ class RowFile:
     def nbytes(self) -> int:
         return self.shape[0] * self.row_bytes
 
-    def read_rows(self, rows: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """The rows at these indices, in this order."""
-        out = np.empty((len(rows), *self.shape[1:]), self.dtype) if into is None else into
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         for index, row in enumerate(rows):
             self._read_into(out[index], self.offset + int(row) * self.row_bytes)
         return out
@@ -96,9 +96,6 @@ class ViewFiles:
         self.files = files
         self.count = len(files[0])
         self.row_shape, self.dtype = files[0].shape[1:], files[0].dtype
-
-    def __len__(self) -> int:
-        return self.count * len(self.files)
 
     @property
     def nbytes(self) -> int:
