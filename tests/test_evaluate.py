@@ -42,7 +42,7 @@ def test_metrics_match_hand_computed_values():
     result = metrics.compute(Y_TRUE, PROBS, LABELS, COARSE)
     assert result["images"] == 6
     assert result["top1"] == pytest.approx(4 / 6)
-    assert metrics.top_k_accuracy(Y_TRUE, PROBS, 2) == pytest.approx(5 / 6)
+    assert metrics.top_k_accuracy(metrics.Ranked.of(Y_TRUE, PROBS), 2) == pytest.approx(5 / 6)
     assert result["top5"] == 1.0  # only 4 classes: top-5 is top-4
     # Per class: a P=2/3 R=1 F1=0.8; b and c P=1 R=0.5 F1=2/3; d has no support but was predicted once.
     assert result["per_class"]["a"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
@@ -68,8 +68,8 @@ def test_ties_go_to_the_lowest_class_index():
     flat = np.full((1, 4), 0.25)
     assert metrics.compute(np.array([0]), flat, LABELS)["top1"] == 1.0
     assert metrics.compute(np.array([1]), flat, LABELS)["top1"] == 0.0
-    assert metrics.top_k_accuracy(np.array([1]), flat, 2) == 1.0  # top-2 = {a, b}
-    assert metrics.top_k_accuracy(np.array([2]), flat, 2) == 0.0
+    assert metrics.top_k_accuracy(metrics.Ranked.of(np.array([1]), flat), 2) == 1.0  # top-2 = {a, b}
+    assert metrics.top_k_accuracy(metrics.Ranked.of(np.array([2]), flat), 2) == 0.0
     assert metrics.ranked_classes(np.array([[0.1, 0.3, 0.3, 0.3]]), 3).tolist() == [[1, 2, 3]]
 
 
@@ -89,7 +89,8 @@ def test_report_writes_every_file_and_links_them(tmp_path):
     history = {"loss": [1.0, 0.8, 0.6], "accuracy": [0.5, 0.6, 0.7], "val_loss": [1.1, 0.9, 0.8],
                "val_accuracy": [0.4, 0.5, 0.6], "phase": ["head", "head", "fine_tune"]}
     report = tmp_path / "report"
-    write_report(str(report), results, photos, Y_TRUE, PROBS, LABELS, top_k=3, groups=COARSE, history=history)
+    write_report(str(report), results, photos, metrics.Ranked.of(Y_TRUE, PROBS), LABELS, top_k=3, groups=COARSE,
+                 history=history)
 
     for name in ("confusion_matrix.png", "worst_mistakes.png", "reliability.png", "training_curves.png"):
         data = (report / name).read_bytes()
@@ -126,7 +127,7 @@ def test_a_report_on_thousands_of_classes_draws_the_most_confused_and_lists_the_
     monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault(pathlib.Path(path).name, fig))
     results = {"model": "m", "data": "d", "hierarchy": None, "skipped_files": [],
                **metrics.compute(y_true, probs, labels)}
-    write_report(str(tmp_path / "report"), results, [str(photo)] * classes, y_true, probs, labels)
+    write_report(str(tmp_path / "report"), results, [str(photo)] * classes, metrics.Ranked.of(y_true, probs), labels)
 
     axes = drawn["confusion_matrix.png"].axes[0]
     names = [tick.get_text() for tick in axes.get_xticklabels()]
@@ -235,3 +236,42 @@ def test_a_report_without_confusions_says_so(tiny_run):
     text = markdown({**results, "top_confusions": []}, [])
     section = text.split("## Top confusions")[1].split("##")[0]
     assert "None: every image was classified right." in section and "| true |" not in section
+
+
+def test_evaluation_never_holds_every_photos_probabilities_over_every_class(tmp_path, monkeypatch):
+    """At 5,000 classes [photos, classes] float64 arrays are gigabytes: evaluate keeps only each photo's top classes."""
+    import tracemalloc
+
+    from retail_vision import artifacts
+    from retail_vision.artifacts import Classified, Predictor
+    from retail_vision.data.sources import Examples
+    from retail_vision.evaluation import plots
+
+    photos, classes = 6000, 600
+    all_probabilities_bytes = photos * classes * 8
+
+    class ManyClasses(Predictor):
+        def classify(self, images):
+            probabilities = np.full((len(images), classes), 0.5 / (classes - 1))
+            probabilities[:, 3] = 0.5  # every photo: class 3, at 50%
+            return Classified(probabilities, None, None)
+
+    labels = [f"sku-{i:04d}" for i in range(classes)]
+    # Decoding and drawing are not what is measured here.
+    monkeypatch.setattr(artifacts, "load_images", lambda paths, size, resize: (np.zeros((len(paths), 8, 8, 3)), []))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: None)
+
+    def peak_memory(photos):
+        examples = Examples(["photo.png"] * photos, [i % classes for i in range(photos)], labels)
+        tracemalloc.start()
+        try:
+            result = evaluate(ManyClasses(labels, 8), examples, report_dir=str(tmp_path / "report"), batch_size=64)
+            return tracemalloc.get_traced_memory()[1], result
+        finally:
+            tracemalloc.stop()
+
+    peak_memory(600)  # imports (matplotlib...) happen here, outside what is compared
+    small, _ = peak_memory(600)
+    large, result = peak_memory(photos)
+    assert result["top1"] == pytest.approx(1 / classes) and result["ece"] == pytest.approx(0.5 - 1 / classes)
+    assert large - small < all_probabilities_bytes / 10, f"{small / 1e6:.1f} MB -> {large / 1e6:.1f} MB"

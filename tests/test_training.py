@@ -272,6 +272,27 @@ def test_temperature_fitted_on_overconfident_logits_recovers_their_scale():
     assert fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.05)  # already calibrated
 
 
+def test_temperature_fit_never_copies_every_logit_to_float64():
+    """At 5,000 classes the validation logits are gigabytes in float64: they are read a chunk of rows at a time."""
+    import tracemalloc
+
+    from retail_vision.calibration import fit_temperature, top_probability
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4096, 2000)).astype(np.float32)
+    labels = rng.integers(0, 2000, 4096)
+    tracemalloc.start()
+    try:
+        temperature = fit_temperature(logits, labels)
+        confidence = top_probability(logits, temperature)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < logits.nbytes / 2, f"peak {peak / 1e6:.0f} MB for {logits.nbytes / 1e6:.0f} MB of logits"
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True)).astype(np.float64) ** (1 / temperature)
+    assert confidence == pytest.approx(expected.max(axis=1) / expected.sum(axis=1), rel=1e-5)
+
+
 def test_fit_calibrates_the_saved_model_and_keeps_every_prediction(image_folder, tmp_path):
     def trained(name, calibrate):
         train = {**tiny_recipe("", "")["train"], "calibrate": calibrate, "fine_tune": {"epochs": 0}}

@@ -41,6 +41,7 @@ to two folders above it is used as the hierarchy unless one is given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -53,7 +54,8 @@ from retail_vision.errors import DataError, UserError
 from retail_vision.evaluation import metrics as metrics_lib
 
 HIERARCHY_FILE = "classes.csv"
-HIERARCHY_SEARCH_DEPTH = 3  # DATA's folder, its parent, its grandparent: grocery_store/val/Fruit -> grocery_store
+HIERARCHY_SEARCH_DEPTH = 3
+TOP_KEPT = 5  # classes kept per photo (more when top_k asks): top-5 accuracy reads them  # DATA's folder, its parent, its grandparent: grocery_store/val/Fruit -> grocery_store
 
 
 def evaluate(model, data=None, report_dir: str | None = None, class_names: str | None = None,
@@ -122,60 +124,80 @@ def _run_validation(model) -> sources.Examples:
 def _score(predictor, examples, unknown_paths, description, coarse_of, groups, history, report_dir, top_k,
            batch_size, temperature) -> dict:
     labels = predictor.labels
-    probs, scores, kept, skipped, threshold = _predict_files(predictor, examples.paths, batch_size)
-    if not kept:
-        first = skipped[0]
-        raise DataError(f"{description['data']}: none of the {len(skipped)} images could be read "
+    known = _predict_files(predictor, examples.paths, batch_size, examples.labels, max(top_k, TOP_KEPT), temperature)
+    if not known.kept:
+        first = known.skipped[0]
+        raise DataError(f"{description['data']}: none of the {len(known.skipped)} images could be read "
                         f"(first: {first['path']}: {first['reason']})")
-    paths = [examples.paths[i] for i in kept]
-    y_true = np.array([examples.labels[i] for i in kept])
-    results = {**description, "images": len(kept), "skipped_files": skipped, "classes": len(labels),
-               **metrics_lib.compute(y_true, probs, labels, coarse_of), "open_world": None,
+    paths = [examples.paths[i] for i in known.kept]
+    ranked = known.ranked
+    results = {**description, "images": len(known.kept), "skipped_files": known.skipped, "classes": len(labels),
+               **metrics_lib.summarize(ranked, labels, coarse_of), "open_world": None,
                "ece_before_temperature": None}
-    before = None
-    if temperature is not None:  # logits = T * log p up to a constant per row: the same top class
-        from scipy.special import softmax
-
-        before = softmax(temperature * np.log(np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0)), axis=1)
-        results["ece_before_temperature"] = metrics_lib.expected_calibration_error(y_true, before)
+    if temperature is not None:
+        results["ece_before_temperature"] = metrics_lib.calibration_error(known.confidence_before, ranked.correct)
     open_set_scores = None
     if unknown_paths:
-        _, unknown_scores, _, unknown_skipped, _ = _predict_files(predictor, unknown_paths, batch_size)
-        results["skipped_files"] += unknown_skipped
+        unknown = _predict_files(predictor, unknown_paths, batch_size)
+        results["skipped_files"] += unknown.skipped
         results["open_world"] = {"score": predictor.rejection.score, **metrics_lib.open_set(
-            scores, unknown_scores, probs.argmax(axis=1) == y_true, threshold)}
-        open_set_scores = (scores, unknown_scores, threshold)
+            known.scores, unknown.scores, ranked.correct, known.threshold)}
+        open_set_scores = (known.scores, unknown.scores, known.threshold)
     if report_dir:
         from retail_vision.evaluation.report import write_report  # matplotlib only when a report is asked for
 
-        write_report(report_dir, results, paths, y_true, probs, labels, top_k, groups, history, open_set_scores,
-                     before)
+        write_report(report_dir, results, paths, ranked, labels, top_k, groups, history, open_set_scores,
+                     known.confidence_before)
     return results
 
 
-def _predict_files(predictor, paths, batch_size):
-    """Load and classify in batches (a whole val set of decoded photos would not fit in memory).
+@dataclasses.dataclass(frozen=True)
+class _Predicted:
+    kept: list[int]  # indices into the paths of the readable files
+    skipped: list[dict]  # [{path, reason}] of the others
+    ranked: metrics_lib.Ranked | None  # with true labels: what the metrics read of the probabilities
+    scores: np.ndarray | None  # [N] rejection scores, with a model that has a threshold
+    threshold: float | None
+    confidence_before: np.ndarray | None  # [N] top probability before the calibration temperature, when given
 
-    Returns (probs [N, C] of the readable files, their rejection scores [N] or None, their indices
-    into `paths`, skipped files, the rejection threshold or None).
+
+def _predict_files(predictor, paths, batch_size, labels=None, top_k: int = TOP_KEPT,
+                   temperature: float | None = None) -> _Predicted:
+    """Load and classify in batches, keeping of each photo what the metrics read, never [N, C] probabilities.
+
+    `labels`: the true class index of each path, for `ranked`; `temperature`: see `_confidence_before`.
     """
     from retail_vision.artifacts import load_images
 
-    all_probs, all_scores, kept, skipped, threshold = [], [], [], [], None
+    kept, skipped, ranked, scores, before, threshold = [], [], [], [], [], None
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         images, failures = load_images(batch, predictor.image_size, predictor.resize)
         failed = {path for path, _ in failures}
         skipped += [{"path": path, "reason": reason} for path, reason in failures]
-        kept += [start + i for i, path in enumerate(batch) if path not in failed]
-        if len(images):
-            classified = predictor.classify(images)
-            all_probs.append(np.asarray(classified.probabilities, dtype=np.float64))
-            if classified.scores is not None:
-                all_scores.append(np.asarray(classified.scores, np.float64))
-                threshold = classified.threshold
-    probs = np.concatenate(all_probs) if all_probs else np.zeros((0, 0))
-    return probs, np.concatenate(all_scores) if all_scores else None, kept, skipped, threshold
+        readable = [start + i for i, path in enumerate(batch) if path not in failed]
+        kept += readable
+        if not len(images):
+            continue
+        classified = predictor.classify(images)
+        probs = np.asarray(classified.probabilities, dtype=np.float64)
+        if labels is not None:
+            ranked.append(metrics_lib.Ranked.of([labels[i] for i in readable], probs, top_k))
+        if temperature is not None:
+            before.append(_confidence_before(probs, temperature))
+        if classified.scores is not None:
+            scores.append(np.asarray(classified.scores, np.float64))
+            threshold = classified.threshold
+    return _Predicted(kept, skipped, metrics_lib.Ranked.joined(ranked) if ranked else None,
+                      np.concatenate(scores) if scores else None, threshold,
+                      np.concatenate(before) if before else None)
+
+
+def _confidence_before(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Top probability before a temperature T folded into the model: logits = T * log p up to a constant per
+    row, so it is max softmax(T log p) = 1 / sum_j (p_j / p_max) ** T; the top class is the same."""
+    clipped = np.clip(probs, metrics_lib.LOG_LOSS_EPS, 1.0)
+    return 1.0 / np.sum((clipped / clipped.max(axis=1, keepdims=True)) ** temperature, axis=1)
 
 
 def matched_examples(examples: sources.Examples, labels: list[str], data: str, model: str):

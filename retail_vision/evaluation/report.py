@@ -41,34 +41,34 @@ PICTURES = {  # file -> section title, in report order
 }
 
 
-def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs, labels: list[str],
+def write_report(report_dir: str, results: dict, paths: list[str], ranked: metrics_lib.Ranked, labels: list[str],
                  top_k: int = 5, groups: dict[str, str] | None = None, history: dict | None = None,
-                 open_set_scores: tuple | None = None, probs_before_temperature=None) -> None:
+                 open_set_scores: tuple | None = None, confidence_before_temperature=None) -> None:
     """Write every file of the report; `results` is the metrics dict, `groups` orders the matrix.
 
+    `ranked`: the photos' top classes (at least `top_k`) and true classes, in `paths` order.
     `open_set_scores`: (known photos' rejection scores, unknown photos', threshold), when scored.
-    `probs_before_temperature`: the probabilities before the calibration temperature, for their diagram.
+    `confidence_before_temperature`: [N] top probabilities before the calibration temperature, for their diagram.
     """
     os.makedirs(report_dir, exist_ok=True)
-    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
-    y_pred = probs.argmax(axis=1)
+    y_true, y_pred = ranked.y_true, ranked.y_pred
     matrix = metrics_lib.confusion_matrix(y_true, y_pred, len(labels))
-    if probs_before_temperature is not None:
-        plots.plot_reliability(metrics_lib.calibration_bins(y_true, probs_before_temperature),
+    if confidence_before_temperature is not None:
+        plots.plot_reliability(metrics_lib.calibration_bins(confidence_before_temperature, ranked.correct),
                                results["ece_before_temperature"], os.path.join(report_dir, "reliability_before.png"))
     _write_json(os.path.join(report_dir, "metrics.json"), results)
-    _write_predictions(os.path.join(report_dir, "predictions.csv"), paths, y_true, probs, labels, top_k)
+    _write_predictions(os.path.join(report_dir, "predictions.csv"), paths, ranked, labels, top_k)
     _write_matrix(os.path.join(report_dir, "confusion_matrix.csv"), matrix, labels)
     _write_per_class(os.path.join(report_dir, "per_class.csv"), results["per_class"])
 
     shown = metrics_lib.most_confused_classes(matrix, labels, MATRIX_CLASSES) if len(labels) > MATRIX_CLASSES else None
     plots.plot_confusion_matrix(matrix, labels, os.path.join(report_dir, "confusion_matrix.png"), groups, shown=shown)
-    wrong = _most_confident_mistakes(y_true, probs)
+    wrong = _most_confident_mistakes(ranked)
     plots.plot_worst_mistakes(
         [paths[i] for i in wrong], [labels[y_true[i]] for i in wrong], [labels[y_pred[i]] for i in wrong],
-        [float(probs[i].max()) for i in wrong], os.path.join(report_dir, "worst_mistakes.png"),
+        [float(ranked.confidence[i]) for i in wrong], os.path.join(report_dir, "worst_mistakes.png"),
     )
-    plots.plot_reliability(metrics_lib.calibration_bins(y_true, probs), results["ece"],
+    plots.plot_reliability(metrics_lib.calibration_bins(ranked.confidence, ranked.correct), results["ece"],
                            os.path.join(report_dir, "reliability.png"))
     if open_set_scores is not None:
         plots.plot_open_set(*open_set_scores, results["open_world"]["score"], os.path.join(report_dir, "open_set.png"))
@@ -80,20 +80,20 @@ def write_report(report_dir: str, results: dict, paths: list[str], y_true, probs
             handle.write(markdown(results, pictures))
 
 
-def _most_confident_mistakes(y_true: np.ndarray, probs: np.ndarray, limit: int = WORST_MISTAKES) -> list[int]:
-    wrong = np.flatnonzero(probs.argmax(axis=1) != y_true)
-    return wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")][:limit].tolist()
+def _most_confident_mistakes(ranked: metrics_lib.Ranked, limit: int = WORST_MISTAKES) -> list[int]:
+    wrong = np.flatnonzero(~ranked.correct)
+    return wrong[np.argsort(-ranked.confidence[wrong], kind="stable")][:limit].tolist()
 
 
-def _write_predictions(path, paths, y_true, probs, labels, top_k) -> None:
-    ranked = metrics_lib.ranked_classes(probs, min(top_k, len(labels)))
+def _write_predictions(path, paths, ranked: metrics_lib.Ranked, labels, top_k) -> None:
+    top_k = min(top_k, len(labels))
     with replaced(path) as temporary, open(temporary, "w", encoding="utf-8", errors="backslashreplace",
                                            newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "true", "predicted", "confidence", "top_k"])
-        for file, true, row, classes in zip(paths, y_true, probs, ranked):
-            top = "|".join(f"{labels[c]}:{row[c]:.4f}" for c in classes)
-            writer.writerow([file, labels[true], labels[classes[0]], f"{row[classes[0]]:.6f}", top])
+        for file, true, classes, probs in zip(paths, ranked.y_true, ranked.classes, ranked.probabilities):
+            top = "|".join(f"{labels[c]}:{p:.4f}" for c, p in zip(classes[:top_k], probs[:top_k]))
+            writer.writerow([file, labels[true], labels[classes[0]], f"{probs[0]:.6f}", top])
 
 
 def _write_per_class(path, per_class: dict) -> None:
@@ -110,7 +110,7 @@ def _write_matrix(path, matrix, labels) -> None:
                                            newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *labels])
-        writer.writerows([name, *row] for name, row in zip(labels, matrix.tolist()))
+        writer.writerows([name, *row.tolist()] for name, row in zip(labels, matrix))  # a row at a time: 25M ints at 5,000 classes
 
 
 def _write_json(path, value) -> None:

@@ -262,9 +262,8 @@ def _fit_rejection(classifier, val_ds, config) -> Rejection:
     from retail_vision.artifacts import KerasPredictor
 
     predictor = KerasPredictor(classifier, [])
-    outputs = [predictor.outputs(images) for images, _ in val_ds]
-    joined = {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
-    rejection = fit_rejection(joined, class_directions(classifier), config.score, config.keep_known)
+    rejection = fit_rejection((predictor.outputs(images) for images, _ in val_ds), class_directions(classifier),
+                              config.score, config.keep_known)
     log(f"unknown products: {config.score} below {rejection.threshold:.4g} (keeps {config.keep_known:.0%} of "
         f"the {rejection.images} validation photos; top probability below {rejection.probability_threshold:.3f} "
         "for clients of the probabilities)")
