@@ -24,7 +24,7 @@ from retail_vision.evaluation.metrics import calibration_error
 # photos with (almost) no mistakes, which say nothing about how sure to be, and would make every
 # answer ~100% sure.
 LOG_T_RANGE = (np.log(0.25), np.log(20.0))
-CHUNK_VALUES = 2**18  # float64 temporaries of this many logits (2 MB) at a time
+CHUNK_VALUES = 2**16  # float64 temporaries of this many logits (0.5 MB) at a time
 
 
 @dataclasses.dataclass(frozen=True)

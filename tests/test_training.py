@@ -175,6 +175,25 @@ def test_cached_epochs_see_every_photo_once_with_one_view_each():
     assert not np.array_equal(epochs[0], epochs[views])  # the second pass over a view is reshuffled
 
 
+def test_a_workers_shard_fills_every_epoch_with_the_steps_all_workers_take():
+    # 27 photos, global batch 8, 2 workers: 4 steps an epoch, each of 4 rows from each worker; worker 0
+    # holds 14 photos and fills its 16 rows with all of them and 2 repeated, in the next epoch reshuffled.
+    from retail_vision.training.feature_cache import ShardBatches, _datasets
+
+    photos, steps, views = 14, 4, 2
+    view_and_photo = np.array([[v, p] for v in range(views) for p in range(photos)], "float16")
+    labels = np.zeros(views * photos, "int32")
+    shard = ShardBatches(batch_size=4, epoch_rows=steps * 8 // 2)
+    train, _ = _datasets((view_and_photo, labels), (view_and_photo, labels), 8, seed=0, views=views,
+                         num_classes=2, shard=shard)
+    batches = iter(train)
+    for epoch in range(2 * views):
+        rows = [next(batches)[0].numpy() for _ in range(steps)]
+        assert all(len(batch) == 4 for batch in rows)  # every replica a full batch, every step
+        rows = np.concatenate(rows)
+        assert set(rows[:, 1]) == set(range(photos)) and set(rows[:, 0]) == {epoch % views}
+
+
 def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses(image_folder, tmp_path):
     from retail_vision import plan
     from retail_vision.backbone_layers import fine_tune_cut
@@ -279,8 +298,8 @@ def test_temperature_fit_never_copies_every_logit_to_float64():
     from retail_vision.calibration import fit_temperature, top_probability
 
     rng = np.random.default_rng(0)
-    logits = rng.normal(0, 2, (4096, 2000)).astype(np.float32)
-    labels = rng.integers(0, 2000, 4096)
+    logits = rng.normal(0, 2, (1024, 4000)).astype(np.float32)
+    labels = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)  # drawn from softmax(logits): T ~ 1
     tracemalloc.start()
     try:
         temperature = fit_temperature(logits, labels)
@@ -289,6 +308,7 @@ def test_temperature_fit_never_copies_every_logit_to_float64():
     finally:
         tracemalloc.stop()
     assert peak < logits.nbytes / 2, f"peak {peak / 1e6:.0f} MB for {logits.nbytes / 1e6:.0f} MB of logits"
+    assert temperature == pytest.approx(1.0, rel=0.1)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True)).astype(np.float64) ** (1 / temperature)
     assert confidence == pytest.approx(expected.max(axis=1) / expected.sum(axis=1), rel=1e-5)
 

@@ -28,28 +28,39 @@ class TrainingData:
     def train_class_counts(self) -> dict[str, int]:
         return self.train.counts() if self.train is not None else {}
 
-    def datasets(self, image_size: int, resize: str, batch_size: int, seed: int, cache: bool):
+    def datasets(self, image_size: int, resize: str, batch_size: int, seed: int, cache: bool,
+                 shard: tuple[int, int] | None = None):
         """(train, validation) tf.data datasets of float32 0..255 images and one-hot labels.
 
         `cache`: keep the decoded images in memory after the first epoch (the plan decides whether they fit);
         without it the training files are shuffled before decoding, so memory stays bounded at any size.
+        `shard`: (index, count): the training photos index, index + count, ... only (`shard_size` of them),
+        a worker's share of the activation cache.
         """
         from retail_vision.data import pipeline, tfds_source
 
+        index, count = shard or (0, 1)
+        train_count = shard_size(self.train_count, index, count)
         if self.tfds_builder is not None:
             train_split, val_split = self.tfds_splits
-            train_images = tfds_source.images(self.tfds_builder, train_split)
+            train_images = tfds_source.images(self.tfds_builder, train_split).shard(count, index)
             val_images = tfds_source.images(self.tfds_builder, val_split)
             train_images = train_images.map(lambda im, lb: (pipeline.resize_image(im, image_size, resize), lb))
             val_images = val_images.map(lambda im, lb: (pipeline.resize_image(im, image_size, resize), lb))
         else:
-            train_images = pipeline.files_dataset(self.train, image_size, resize, shuffle_seed=None if cache else seed)
+            train = self.train.subset(list(range(index, len(self.train), count)))
+            train_images = pipeline.files_dataset(train, image_size, resize, shuffle_seed=None if cache else seed)
             val_images = pipeline.files_dataset(self.validation, image_size, resize)
         num_classes = len(self.class_names)
         shuffle_images = cache or self.tfds_builder is not None  # else the files were shuffled
-        train = pipeline.batched(train_images, num_classes, batch_size, shuffle_images, seed, cache, self.train_count)
+        train = pipeline.batched(train_images, num_classes, batch_size, shuffle_images, seed, cache, train_count)
         val = pipeline.batched(val_images, num_classes, batch_size, False, seed, cache, self.validation_count)
         return train, val
+
+
+def shard_size(total: int, index: int, count: int) -> int:
+    """How many of `total` rows the shard (index, count) holds: rows index, index + count, ..."""
+    return len(range(index, total, count))
 
 
 def resolve_training_data(data_config, seed: int) -> TrainingData:

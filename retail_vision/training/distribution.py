@@ -17,6 +17,8 @@ class Distribution:
     strategy: object | None  # a tf.distribute.Strategy, or None for plain single-device training
     replicas: int
     is_chief: bool = True  # writes the run directory, checkpoints and export; False on other workers
+    worker: int = 0  # this host's place among the workers (multi_worker), as tf.distribute numbers them
+    workers: int = 1
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
@@ -37,8 +39,10 @@ def make(config) -> Distribution:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         strategy = tf.distribute.TPUStrategy(resolver)
-    chief = _is_chief(strategy.cluster_resolver) if config.strategy == "multi_worker" else True
-    return Distribution(strategy, strategy.num_replicas_in_sync, chief)
+    if config.strategy != "multi_worker":
+        return Distribution(strategy, strategy.num_replicas_in_sync)
+    resolver = strategy.cluster_resolver
+    return Distribution(strategy, strategy.num_replicas_in_sync, _is_chief(resolver), *_worker_position(resolver))
 
 
 def _is_chief(resolver) -> bool:
@@ -49,3 +53,13 @@ def _is_chief(resolver) -> bool:
     if resolver.task_type in (None, "chief"):
         return True
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+
+
+def _worker_position(resolver) -> tuple[int, int]:
+    """(this host's index, hosts that train): the chief first, then the workers in order, as tf.distribute's
+    input pipelines are numbered (an evaluator task does not train). Without TF_CONFIG: (0, 1)."""
+    if resolver.task_type is None:
+        return 0, 1
+    jobs = resolver.cluster_spec().as_dict()
+    chiefs, workers = len(jobs.get("chief", [])), len(jobs.get("worker", []))
+    return (resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id), chiefs + workers

@@ -15,6 +15,7 @@ or on disk, is decided by `plan`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -165,18 +166,18 @@ class FrozenActivations:
         self.opened.append(row_files.ViewFiles(files))
         return self.opened[-1], labels
 
-    def head_datasets(self, batch_size: int, seed: int):
+    def head_datasets(self, batch_size: int, seed: int, shard: ShardBatches | None = None):
         """(train, val) datasets of pooled features, for `head_model`."""
         train, val = self.train, self.val
         if self.cut is not None:  # pool the stored activations through the frozen top, once
             to_pooled = keras.Model(*_pooled_top(self.classifier, self.cut), name="frozen_top")
             train = (self._run(to_pooled, train[0], batch_size, "train-pooled"), train[1])
             val = (self._run(to_pooled, val[0], batch_size, "val-pooled"), val[1])
-        return _datasets(train, val, batch_size, seed, self.views, self.num_classes)
+        return _datasets(train, val, batch_size, seed, self.views, self.num_classes, shard)
 
-    def fine_tune_datasets(self, batch_size: int, seed: int):
+    def fine_tune_datasets(self, batch_size: int, seed: int, shard: ShardBatches | None = None):
         """(train, val) datasets of the cut activations, for `top_model`."""
-        return _datasets(self.train, self.val, batch_size, seed, self.views, self.num_classes)
+        return _datasets(self.train, self.val, batch_size, seed, self.views, self.num_classes, shard)
 
     def _run(self, model: keras.Model, inputs, batch_size: int, name: str):
         """`model` on every stored row, stored the same way (in memory, or a file per view in the folder)."""
@@ -221,7 +222,15 @@ def _save_atomically(path: str, array: np.ndarray) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def _datasets(train, val, batch_size: int, seed: int, views: int, num_classes: int):
+@dataclasses.dataclass(frozen=True)
+class ShardBatches:
+    """Training batches of a worker that trains on its own shard of the photos (several workers)."""
+
+    batch_size: int  # rows per replica and step
+    epoch_rows: int  # rows per epoch: this worker's share of the steps that every worker takes
+
+
+def _datasets(train, val, batch_size: int, seed: int, views: int, num_classes: int, shard: ShardBatches | None = None):
     """Endless training batches, one augmented view of every photo per epoch, and validation batches.
 
     The rows are view-major (`FrozenActivations._extract`): epoch e trains on view e mod K,
@@ -229,13 +238,18 @@ def _datasets(train, val, batch_size: int, seed: int, views: int, num_classes: i
     uncached phase does, and K epochs see every view once. Batches never straddle two epochs:
     each epoch has ceil(N / batch_size) of them, as `steps_per_epoch` counts. Rows in files are
     read batch by batch in the same order, so both stores train the same model.
+    `shard`: the rows are a worker's shard; each epoch fills `shard.epoch_rows` rows, the shuffled
+    photos repeated from the start where they fall short, in batches of `shard.batch_size`.
     """
     count = len(train[1]) // views
+    train_batch = shard.batch_size if shard else batch_size
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
                                                          seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices((epoch % views) * count + order).batch(batch_size)
+        if shard:
+            order = tf.gather(order, tf.range(shard.epoch_rows, dtype=tf.int64) % count)
+        return tf.data.Dataset.from_tensor_slices((epoch % views) * count + order).batch(train_batch)
 
     train_ds = (
         tf.data.Dataset.counter()  # epoch numbers; fit stops after its own

@@ -24,6 +24,7 @@ from retail_vision import backbone_layers, calibration, run_directory
 from retail_vision.classifier import build_classifier, class_directions, get_backbone, store_class_means
 from retail_vision.console import log
 from retail_vision.data import pipeline
+from retail_vision.data.training_data import shard_size
 from retail_vision.planning import CACHE_FOLDER, Plan, plan
 from retail_vision.recipe import Recipe
 from retail_vision.rejection import Rejection, fit_rejection
@@ -200,11 +201,10 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
             freezer.unfreeze(the_plan.unfreeze_index, train.fine_tune.batchnorm)
         # A fresh training model per phase: nothing one phase's fit leaves on its model reaches the next.
         if phase.cached:
-            model, train_data, val_data = cache.phase_inputs(phase.name, model_class)
+            model, train_data, val_data, class_weight = cache.phase_inputs(phase, model_class)
         else:
             model = models.build(lambda: phases.with_augmentation(classifier, augmenter, model_class))
-            train_data, val_data = train_ds, val_ds
-        train_data, val_data, class_weight = _for_replicas(train_data, val_data, the_plan)
+            train_data, val_data, class_weight = _for_replicas(train_ds, val_ds, the_plan)
         with cluster.scope():
             phases.compile_for(model, phase, train, len(data.class_names))
             runner.run(phase, model, train_data, val_data, class_weight)
@@ -293,15 +293,32 @@ class _ModelBuilder:
 
 
 class _LazyCache:
-    """The frozen layers' activations, computed on first use, and the models that train on them."""
+    """The frozen layers' activations, computed on first use, and the models that train on them.
+
+    With several workers each caches its own shard of the training photos (every W-th, from its
+    place among them) and trains on it alone, instead of every worker caching every photo; each
+    still caches every validation photo, which the strategy splits as it does uncached batches.
+    """
 
     def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster, models: _ModelBuilder,
                  run_dir: str):
         self.plan, self.classifier, self.augmenter = the_plan, classifier, augmenter
-        self.train_ds, self.val_ds, self.cluster, self.models = train_ds, val_ds, cluster, models
+        self.val_ds, self.cluster, self.models = val_ds, cluster, models
+        self.shard = (cluster.worker, cluster.workers) if cluster.workers > 1 else None
+        self.train_ds, self.train_count = train_ds, the_plan.data.train_count
+        if self.shard:
+            recipe = the_plan.recipe
+            self.train_ds = the_plan.data.datasets(the_plan.image_size, recipe.data.resize, recipe.train.batch_size,
+                                                   recipe.train.seed, the_plan.image_cache, shard=self.shard)[0]
+            self.train_count = shard_size(the_plan.data.train_count, *self.shard)
+        self.shard_name = f"{cluster.worker + 1} of {cluster.workers}" if self.shard else None
         # On disk: files a killed attempt finished are reused on --resume; the folder goes when training is done.
         self.run_dir = run_dir
-        self.folder = os.path.join(run_dir, CACHE_FOLDER) if the_plan.cache_storage == "disk" else None
+        self.folder = None
+        if the_plan.cache_storage == "disk":
+            self.folder = os.path.join(run_dir, CACHE_FOLDER)
+            if self.shard:  # a resumed run on another number of workers caches its shards anew
+                self.folder = os.path.join(self.folder, "shard-" + self.shard_name.replace(" ", "-"))
         self.cut = None
         if the_plan.cache_cut is not None:
             self.cut = backbone_layers.fine_tune_cut(get_backbone(classifier), the_plan.cache_cut)
@@ -309,7 +326,9 @@ class _LazyCache:
 
     @property
     def summary(self) -> dict | None:
-        return self.activations.summary if self.activations is not None else None
+        if self.activations is None:
+            return None
+        return {**self.activations.summary, "train_images": self.train_count, "shard": self.shard_name}
 
     def close(self) -> None:
         """Let go of the cache and delete its files, if any."""
@@ -318,26 +337,46 @@ class _LazyCache:
             self.activations = None
         shutil.rmtree(os.path.join(self.run_dir, CACHE_FOLDER), ignore_errors=True)
 
-    def phase_inputs(self, phase: str, model_class):
-        """(training model, train dataset, val dataset) of a cached phase."""
+    def phase_inputs(self, phase, model_class):
+        """(training model, train dataset, val dataset, class weights for fit) of a cached phase."""
         batch_size, seed = self.plan.recipe.train.batch_size, self.plan.recipe.train.seed
         if self.activations is None:
             where = "pooled features" if self.cut is None else f"the input of {self.plan.unfreeze_layer}"
-            log(f"caching the frozen layers' output: {where}, {self.plan.views} view(s) per image, "
+            whose = f"the {self.train_count} training photos of shard {self.shard_name}, " if self.shard else ""
+            log(f"caching the frozen layers' output: {where}, {whose}{self.plan.views} view(s) per image, "
                 + (f"in {self.folder}" if self.folder else "in memory"))
-            counts = (self.plan.data.train_count, self.plan.data.validation_count)
+            counts = (self.train_count, self.plan.data.validation_count)
             with self.cluster.scope():
                 self.activations = feature_cache.FrozenActivations(
                     self.classifier, self.cut, self.train_ds, self.val_ds, self.augmenter, self.plan.views, counts,
                     self.folder, log)
+        shard = None
+        if self.shard:  # each replica's batches from this worker's shard; every worker takes the phase's steps
+            shard = feature_cache.ShardBatches(batch_size // self.plan.replicas,
+                                               phase.steps_per_epoch * batch_size // self.shard[1])
         with self.cluster.scope():
-            if phase == "head":
-                train_data, val_data = self.activations.head_datasets(batch_size, seed)
+            if phase.name == "head":
+                train_data, val_data = self.activations.head_datasets(batch_size, seed, shard)
             else:
-                train_data, val_data = self.activations.fine_tune_datasets(batch_size, seed)
-        if phase == "head":
-            return self.models.build(lambda: feature_cache.head_model(self.classifier, model_class)), train_data, val_data
-        return self.models.build(lambda: feature_cache.top_model(self.classifier, self.cut, model_class)), train_data, val_data
+                train_data, val_data = self.activations.fine_tune_datasets(batch_size, seed, shard)
+        if phase.name == "head":
+            model = self.models.build(lambda: feature_cache.head_model(self.classifier, model_class))
+        else:
+            model = self.models.build(lambda: feature_cache.top_model(self.classifier, self.cut, model_class))
+        if not self.shard:
+            return (model, *_for_replicas(train_data, val_data, self.plan))
+        # Class weights go into the batches (every one has rows: no padding needed); the strategy
+        # takes each worker's batches as they are, without sharding or re-batching them.
+        weighted = pipeline.at_least_one_row_per_replica(train_data, 1, self.plan.class_weight)
+        train_data = self.cluster.strategy.distribute_datasets_from_function(
+            lambda context: self._own_shard(context, weighted))
+        return model, train_data, pipeline.at_least_one_row_per_replica(val_data, self.plan.replicas), None
+
+    def _own_shard(self, context, dataset):
+        if (context.input_pipeline_id, context.num_input_pipelines) != self.shard:
+            raise RuntimeError(f"tf.distribute gave this worker input pipeline {context.input_pipeline_id} of "
+                               f"{context.num_input_pipelines}; its cache holds shard {self.shard[0]} of {self.shard[1]}")
+        return dataset
 
 
 def _save_model(classifier, run_dir: str) -> None:
