@@ -33,7 +33,9 @@ def main() -> None:
 
     from retail_vision import run_directory
     from retail_vision.artifacts import load_images, load_model, resize_mode
-    from retail_vision.calibration import fit_temperature, logits_of, softmax
+    from scipy.special import softmax
+
+    from retail_vision.calibration import fit_temperature, logits_of
     from retail_vision.evaluation.metrics import expected_calibration_error
 
     classifier, labels = load_model(args.run_dir)
@@ -52,8 +54,8 @@ def main() -> None:
     cross_fitted = np.zeros_like(logits)
     for fold in range(args.folds):
         held = folds == fold
-        cross_fitted[held] = softmax(logits[held] / fit_temperature(logits[~held], truth[~held]))
-    calibrated = softmax(logits / temperature)
+        cross_fitted[held] = softmax(logits[held] / fit_temperature(logits[~held], truth[~held]), axis=1)
+    calibrated = softmax(logits / temperature, axis=1)
     confidence, predicted = calibrated.max(axis=1), calibrated.argmax(axis=1)
     rng = np.random.default_rng(0)
     noise = []
@@ -64,8 +66,8 @@ def main() -> None:
     row = {
         "photos": len(truth), "temperature": temperature,
         "top1": float((logits.argmax(1) == truth).mean()),
-        "ece_before": expected_calibration_error(truth, softmax(logits)),
-        "ece_after_fitted_here": expected_calibration_error(truth, softmax(logits / temperature)),
+        "ece_before": expected_calibration_error(truth, softmax(logits, axis=1)),
+        "ece_after_fitted_here": expected_calibration_error(truth, softmax(logits / temperature, axis=1)),
         f"ece_after_{args.folds}_fold_cross_fitted": expected_calibration_error(truth, cross_fitted),
         "ece_if_perfectly_calibrated_mean": float(np.mean(noise)),
         "ece_if_perfectly_calibrated_p95": float(np.percentile(noise, 95)),

@@ -82,11 +82,6 @@ def logits_of(classifier: keras.Model, batches) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(rows), np.concatenate(labels)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-
-
 def _row_chunks(shape: tuple[int, int]):
     """Slices of rows, CHUNK_VALUES logits each: 20,000 photos x 5,000 classes in float64 are 0.8 GB per temporary."""
     rows, classes = shape

@@ -54,8 +54,7 @@ from retail_vision.errors import DataError, UserError
 from retail_vision.evaluation import metrics as metrics_lib
 
 HIERARCHY_FILE = "classes.csv"
-HIERARCHY_SEARCH_DEPTH = 3
-TOP_KEPT = 5  # classes kept per photo (more when top_k asks): top-5 accuracy reads them  # DATA's folder, its parent, its grandparent: grocery_store/val/Fruit -> grocery_store
+HIERARCHY_SEARCH_DEPTH = 3  # DATA's folder, its parent, its grandparent: grocery_store/val/Fruit -> grocery_store
 
 
 def evaluate(model, data=None, report_dir: str | None = None, class_names: str | None = None,
@@ -124,7 +123,7 @@ def _run_validation(model) -> sources.Examples:
 def _score(predictor, examples, unknown_paths, description, coarse_of, groups, history, report_dir, top_k,
            batch_size, temperature) -> dict:
     labels = predictor.labels
-    known = _predict_files(predictor, examples.paths, batch_size, examples.labels, max(top_k, TOP_KEPT), temperature)
+    known = _predict_files(predictor, examples.paths, batch_size, examples.labels, max(top_k, metrics_lib.TOP_K), temperature)
     if not known.kept:
         first = known.skipped[0]
         raise DataError(f"{description['data']}: none of the {len(known.skipped)} images could be read "
@@ -161,7 +160,7 @@ class _Predicted:
     confidence_before: np.ndarray | None  # [N] top probability before the calibration temperature, when given
 
 
-def _predict_files(predictor, paths, batch_size, labels=None, top_k: int = TOP_KEPT,
+def _predict_files(predictor, paths, batch_size, labels=None, top_k: int = metrics_lib.TOP_K,
                    temperature: float | None = None) -> _Predicted:
     """Load and classify in batches, keeping of each photo what the metrics read, never [N, C] probabilities.
 

@@ -18,6 +18,7 @@ import numpy as np
 
 LOG_LOSS_EPS = 1e-15
 ECE_BINS = 15
+TOP_K = 5  # the `top5` metric: a Ranked keeps at least this many classes per photo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Ranked:
     num_classes: int
 
     @classmethod
-    def of(cls, y_true, probs, k: int = 5) -> "Ranked":
+    def of(cls, y_true, probs, k: int = TOP_K) -> "Ranked":
         y_true, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or len(probs) != len(y_true):
             raise ValueError(f"probs: expected shape ({len(y_true)}, classes), received {probs.shape}")
@@ -173,7 +174,7 @@ def summarize(ranked: Ranked, labels: list[str], coarse_of: dict[str, str] | Non
     return {
         "images": int(len(y_true)),
         "top1": float(np.mean(ranked.correct)),
-        "top5": top_k_accuracy(ranked, min(5, len(labels))),
+        "top5": top_k_accuracy(ranked, min(TOP_K, len(labels))),
         "macro_precision": float(np.mean(scores["precision"][present])),
         "macro_recall": float(np.mean(scores["recall"][present])),
         "macro_f1": float(np.mean(scores["f1"][present])),

@@ -311,7 +311,6 @@ class _LazyCache:
             self.train_ds = the_plan.data.datasets(the_plan.image_size, recipe.data.resize, recipe.train.batch_size,
                                                    recipe.train.seed, the_plan.image_cache, shard=self.shard)[0]
             self.train_count = shard_size(the_plan.data.train_count, *self.shard)
-        self.shard_name = f"{cluster.worker + 1} of {cluster.workers}" if self.shard else None
         # On disk: files a killed attempt finished are reused on --resume; the folder goes when training is done.
         self.run_dir = run_dir
         self.folder = None
@@ -323,6 +322,10 @@ class _LazyCache:
         if the_plan.cache_cut is not None:
             self.cut = backbone_layers.fine_tune_cut(get_backbone(classifier), the_plan.cache_cut)
         self.activations = None
+
+    @property
+    def shard_name(self) -> str | None:
+        return f"{self.shard[0] + 1} of {self.shard[1]}" if self.shard else None
 
     @property
     def summary(self) -> dict | None:
