@@ -6,11 +6,14 @@
 
 The val split is 296 photos of 60 of the 81 classes: a standard error of ~2 points, too coarse
 to pick between recipes alone. The second opinion is a k-fold of the train split that covers
-every class: within each class the photos are sorted by file name and cut into K contiguous
-blocks (consecutive photos show the same bin from another angle, so a random split would leak
-near-copies into validation); fold k validates on block k of every class and trains on the
-rest. Its top-1 pools the K folds' photos (~2,640, every class), with the standard error over
-the folds' means.
+every class, cut so that no scene is on both sides: the file numbers of this dataset are not in
+shooting order (photos 3 and 29 of a class can show the same bin), so a split by file order
+leaks near-copies into validation. Within each class, photos are grouped by average-linkage
+clustering of their ImageNet features (EfficientNet-Lite0, 224 px) at cosine 0.75, and whole
+groups are dealt to the K folds; fold k validates on its photos of every class and trains on
+the rest. Its top-1 pools the K folds' photos (~2,640, every class), with the standard error
+over the folds' means. The leak check printed first (each validation photo's most similar
+training photo of its class, median cosine) shows how far each split is from the val split's.
 
 Each variant is the shipped `recipes/grocery_store.yaml` with `--set`-style overrides, fitted
 once on train (val top-1 at the best epoch, as `fit` reports it, and the wall time) and once per
@@ -38,7 +41,8 @@ from benchmarks._common import table, write_results  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(REPO, "..", "shared", "datasets", "grocery_store")
 RECIPE = os.path.join(REPO, "recipes", "grocery_store.yaml")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SCENE_BACKBONE, SCENE_SIZE = "efficientnet_lite0", 224  # generic features: the same folds for every variant
+SCENE_SIMILARITY = 0.75  # the leak check's median fold photo is then about as far from training as val's
 WALL_FILE = "benchmark_wall_s.txt"  # in a run directory: the fit's wall time, read when the run is reused
 
 VARIANTS = {  # name -> recipe overrides (each one factor against the shipped recipe)
@@ -54,36 +58,131 @@ VARIANTS = {  # name -> recipe overrides (each one factor against the shipped re
 }
 
 
-def fold_blocks(folder: str, folds: int) -> dict[str, list[list[str]]]:
-    """{class: K lists of its photos}: each class's photos sorted by name, cut into K contiguous blocks.
+def photo_features(examples, cache_file: str):
+    """L2-normalised pooled features of the plain ImageNet backbone, one row per photo, kept in `cache_file`.
 
-    `folder` is a split of class folders at any depth (Fruit/Apple/Granny-Smith); a class is a
-    folder that holds images. Blocks differ in size by at most one photo.
+    The same generic features for every variant, so every variant is scored on the same folds.
     """
-    blocks = {}
-    for root, _, files in sorted(os.walk(folder, followlinks=True)):
-        images = sorted(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
-        if images:
-            bounds = [round(i * len(images) / folds) for i in range(folds + 1)]
-            blocks[os.path.basename(root)] = [[os.path.join(root, f) for f in images[a:b]]
-                                              for a, b in zip(bounds, bounds[1:])]
-    return blocks
+    import numpy as np
+
+    if os.path.isfile(cache_file):
+        with np.load(cache_file) as saved:
+            if list(saved["paths"]) == list(examples.paths):
+                return saved["features"]
+    from retail_vision.classifier import build_classifier
+    from retail_vision.data import pipeline
+    from retail_vision.training.feature_cache import feature_extractor
+
+    classes = len(examples.class_names)
+    extractor = feature_extractor(build_classifier(SCENE_BACKBONE, classes, "imagenet", image_size=SCENE_SIZE))
+    batches = pipeline.batched(pipeline.files_dataset(examples, SCENE_SIZE, "crop"), classes, 32, False, 0, False,
+                               len(examples))
+    features = extractor.predict(batches, verbose=0)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+    partial = cache_file + ".partial.npz"
+    np.savez(partial, features=features, paths=np.array(examples.paths))
+    os.replace(partial, cache_file)
+    return features
 
 
-def write_fold(work: str, blocks: dict[str, list[list[str]]], fold: int) -> tuple[str, str]:
+def scene_groups(features, similarity: float):
+    """Group number per photo of one class: average-linkage clusters at cosine `similarity` (its near-copies)."""
+    import numpy as np
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(features) < 2:
+        return np.ones(len(features), int)
+    return fcluster(linkage(features, "average", metric="cosine"), 1 - similarity, "distance")
+
+
+def assign_groups(groups, folds: int, first: int = 0):
+    """Fold number per photo: whole groups, largest first, each to the fold that holds the fewest photos so far.
+
+    Ties go to the fold counting from `first`: rotated per class, so that the folds that take
+    each class's largest group, and so the folds' sizes, even out over the classes.
+    """
+    import numpy as np
+
+    numbers, sizes = np.unique(groups, return_counts=True)
+    fold_of = np.zeros(len(groups), int)
+    load = [0] * folds
+    largest_first = np.lexsort((numbers, -sizes))
+    for size, number in zip(sizes[largest_first], numbers[largest_first]):
+        fold = min(range(folds), key=lambda k: (load[k], (k - first) % folds))
+        fold_of[groups == number] = fold
+        load[fold] += size
+    return fold_of
+
+
+def fold_split(examples, features, folds: int, similarity: float = SCENE_SIMILARITY):
+    """Fold number per photo of `examples`, no scene split across folds.
+
+    A class too uniform to fill every fold to half its share at `similarity` is grouped at the
+    lowest of similarity + 0.05, + 0.10, ... that does (at 1.0 every photo is its own group).
+    """
+    import numpy as np
+
+    labels = np.asarray(examples.labels)
+    fold_of = np.zeros(len(labels), int)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        level = similarity
+        while True:
+            fold_of[members] = assign_groups(scene_groups(features[members], level), folds, first=label % folds)
+            if np.bincount(fold_of[members], minlength=folds).min() >= len(members) / (2 * folds) or level >= 1:
+                break
+            level = min(1.0, round(level + 0.05, 2))
+    return fold_of
+
+
+def file_order_split(examples, folds: int):
+    """Fold number per photo: each class's photos sorted by path, cut into K contiguous blocks (for the leak check)."""
+    import numpy as np
+
+    fold_of = np.zeros(len(examples), int)
+    for label in set(examples.labels):
+        members = sorted((path, i) for i, (path, own) in enumerate(zip(examples.paths, examples.labels)) if own == label)
+        for rank, (_, i) in enumerate(members):
+            fold_of[i] = rank * folds // len(members)
+    return fold_of
+
+
+def leak_check(data, train_features, val_features, splits: dict) -> dict:
+    """Median cosine of each validation photo to its class's most similar training photo: val, and each split's folds."""
+    import numpy as np
+
+    labels = np.asarray(data.train.labels)
+    check = {"val split": float(np.median(nearest_same_class(val_features, data.validation.labels,
+                                                              train_features, labels)))}
+    for name, fold_of in splits.items():
+        closest = [nearest_same_class(train_features[fold_of == k], labels[fold_of == k],
+                                      train_features[fold_of != k], labels[fold_of != k]) for k in np.unique(fold_of)]
+        check[name] = float(np.median(np.concatenate(closest)))
+    return check
+
+
+def nearest_same_class(features, labels, reference, reference_labels):
+    """Each photo's highest cosine similarity to a reference photo of its own class (the leak a split leaves)."""
+    import numpy as np
+
+    similarity = features @ reference.T
+    similarity[np.asarray(labels)[:, None] != np.asarray(reference_labels)[None, :]] = -1
+    return similarity.max(axis=1)
+
+
+def write_fold(work: str, examples, fold_of, fold: int) -> tuple[str, str]:
     """(train folder, val folder) of fold `fold`: links to the photos, one folder per class."""
-    root = os.path.join(work, "folds", f"fold-{fold + 1}-of-{len(next(iter(blocks.values())))}")
+    root = os.path.join(work, "scene-folds", f"fold-{fold + 1}-of-{max(fold_of) + 1}")
     folders = (os.path.join(root, "train"), os.path.join(root, "val"))
     if os.path.exists(os.path.join(root, "COMPLETE")):
         return folders
-    for name, class_blocks in blocks.items():
-        for index, block in enumerate(class_blocks):
-            target = os.path.join(folders[1] if index == fold else folders[0], name)
-            os.makedirs(target, exist_ok=True)
-            for path in block:
-                link = os.path.join(target, os.path.basename(path))
-                if not os.path.lexists(link):
-                    os.symlink(os.path.realpath(path), link)
+    for path, label, own_fold in zip(examples.paths, examples.labels, fold_of):
+        target = os.path.join(folders[1] if own_fold == fold else folders[0], examples.class_names[label])
+        os.makedirs(target, exist_ok=True)
+        link = os.path.join(target, os.path.basename(path))
+        if not os.path.lexists(link):
+            os.symlink(os.path.realpath(path), link)
     with open(os.path.join(root, "COMPLETE"), "w") as handle:
         handle.write("links written\n")
     return folders
@@ -114,14 +213,29 @@ def run_fit(runs: str, overrides: list[str]) -> dict:
             "run_dir": result.run_dir}
 
 
-def search_variant(name: str, overrides: list[str], folds: int, work: str) -> dict:
+def second_opinion_folds(folds: int, work: str):
+    """(train examples, fold number per photo, leak check) of the shipped recipe's data."""
+    from retail_vision.data.training_data import resolve_training_data
+    from retail_vision.recipe import Recipe
+
+    recipe = Recipe.from_yaml(RECIPE)
+    data = resolve_training_data(recipe.data, recipe.train.seed)
+    train_features = photo_features(data.train, os.path.join(work, "scene-features", "train.npz"))
+    val_features = photo_features(data.validation, os.path.join(work, "scene-features", "val.npz"))
+    fold_of = fold_split(data.train, train_features, folds)
+    check = leak_check(data, train_features, val_features,
+                       {"scene folds": fold_of, "file-order folds": file_order_split(data.train, folds)})
+    return data.train, fold_of, check
+
+
+def search_variant(name: str, overrides: list[str], examples, fold_of, work: str) -> dict:
     """One variant: its fit on train (val, wall time) and its K fold fits (pooled top-1, SE over folds)."""
     plain = run_fit(os.path.join(work, name, "train-val"), overrides)
-    blocks = fold_blocks(os.path.join(DATASET, "train"), folds)
+    folds = max(fold_of) + 1
     per_fold = []
     for fold in range(folds):
-        train, val = write_fold(work, blocks, fold)
-        per_fold.append(run_fit(os.path.join(work, name, f"fold-{fold + 1}"),
+        train, val = write_fold(work, examples, fold_of, fold)
+        per_fold.append(run_fit(os.path.join(work, name, f"scene-fold-{fold + 1}"),
                                 [f"data.source={train}", f"data.validation={val}", *overrides]))
     right = sum(f["val_top1"] * f["val_images"] for f in per_fold)
     photos = sum(f["val_images"] for f in per_fold)
@@ -141,7 +255,7 @@ def main() -> None:
     parser.add_argument("--variants", default="baseline", help="comma-separated names (--list shows them)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides of an ad-hoc variant (one name in --variants that is not a known one)")
-    parser.add_argument("--folds", type=int, default=3, help="contiguous blocks per class for the second opinion")
+    parser.add_argument("--folds", type=int, default=3, help="folds of train for the second opinion")
     parser.add_argument("--work", default="/tmp/retail-vision-accuracy", help="runs and fold links (not the repo)")
     parser.add_argument("--list", action="store_true", help="print the known variants and their overrides")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -156,12 +270,17 @@ def main() -> None:
         raise SystemExit("give --folds 2 or more, and variants from --list (or one new name with --set overrides)")
     if not os.path.isdir(os.path.join(DATASET, "train")):
         raise SystemExit(f"{DATASET}: the Grocery Store dataset is not there (see its README)")
+    examples, fold_of, check = second_opinion_folds(args.folds, args.work)
+    if not args.json:
+        print("leak check, median cosine of a validation photo to its nearest training photo of its class: "
+              + ", ".join(f"{split} {value:.3f}" for split, value in check.items()), flush=True)
     rows = []
     for name in names:
-        rows.append(search_variant(name, VARIANTS.get(name, args.set), args.folds, args.work))
-        write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "row": rows[-1]})
+        rows.append(search_variant(name, VARIANTS.get(name, args.set), examples, fold_of, args.work))
+        write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "leak_check": check,
+                                           "row": rows[-1]})
     if args.json:
-        print(json.dumps({"rows": rows}, indent=2))
+        print(json.dumps({"leak_check": check, "rows": rows}, indent=2))
         return
     print(table([{**r, "val_top1": f"{r['val_top1']:.3f} +- {r['val_se']:.3f}",
                   "kfold_top1": f"{r['kfold_top1']:.3f} +- {r['kfold_se']:.3f}", "wall_s": round(r["wall_s"])}

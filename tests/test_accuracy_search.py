@@ -1,32 +1,74 @@
-"""The accuracy search's second opinion: k folds of contiguous photo blocks within each class."""
+"""The accuracy search's second opinion: k folds of train that never split a scene (near-copies)."""
 
 import os
 import sys
+from types import SimpleNamespace
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.accuracy_search import fold_blocks, write_fold  # noqa: E402
+from benchmarks.accuracy_search import file_order_split, fold_split, leak_check, write_fold  # noqa: E402
+from retail_vision.data.sources import Examples  # noqa: E402
 
 
-def test_folds_are_contiguous_blocks_of_each_class_and_validate_each_photo_once(tmp_path):
-    counts = {"Fruit/Apple/Granny-Smith": 7, "Packages/Milk/Arla-Milk": 5, "Vegetables/Leek": 3}
-    for folder, count in counts.items():
-        (tmp_path / "train" / folder).mkdir(parents=True)
-        for number in range(count, 0, -1):  # written out of order: the blocks follow the names
-            (tmp_path / "train" / folder / f"{os.path.basename(folder)}_{number:03d}.jpg").write_bytes(b"jpeg")
-    blocks = fold_blocks(str(tmp_path / "train"), 3)
-    assert sorted(blocks) == ["Arla-Milk", "Granny-Smith", "Leek"]
-    apples = [[os.path.basename(p) for p in block] for block in blocks["Granny-Smith"]]
-    assert apples == [["Granny-Smith_001.jpg", "Granny-Smith_002.jpg"],
-                      ["Granny-Smith_003.jpg", "Granny-Smith_004.jpg", "Granny-Smith_005.jpg"],
-                      ["Granny-Smith_006.jpg", "Granny-Smith_007.jpg"]]
+def _photos(scenes_per_class: dict[str, int], shots: int, seed: int = 0):
+    """Examples whose file order interleaves the scenes (as in the grocery photos) and their features.
 
+    Each scene is a random direction; its shots are that direction plus a little noise, so shots of
+    one scene are near-copies (cosine ~0.99) and different scenes are far apart (~0).
+    """
+    rng = np.random.default_rng(seed)
+    paths, labels, features, scene_of = [], [], [], []
+    for label, (name, scenes) in enumerate(scenes_per_class.items()):
+        centres = rng.normal(size=(scenes, 64))
+        for number in range(scenes * shots):
+            scene = number % scenes  # consecutive file numbers belong to different scenes
+            paths.append(f"/photos/{name}/{name}_{number + 1:03d}.jpg")
+            labels.append(label)
+            features.append(centres[scene] + 0.05 * rng.normal(size=64))
+            scene_of.append((label, scene))
+    features = np.array(features, "float32")
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    return Examples(paths, labels, list(scenes_per_class)), features, scene_of
+
+
+def test_scene_folds_keep_each_scene_on_one_side_and_fill_every_fold():
+    examples, features, scene_of = _photos({"Granny-Smith": 6, "Arla-Milk": 4, "Leek": 1}, shots=3)
+    fold_of = fold_split(examples, features, folds=3)
+    for scene in set(scene_of):
+        assert len({fold for fold, own in zip(fold_of, scene_of) if own == scene}) == 1 or scene[0] == 2
+    for label in range(3):
+        counts = np.bincount(fold_of[np.asarray(examples.labels) == label], minlength=3)
+        assert counts.min() >= 1, (label, counts)  # every class trains and validates in every fold
+    # Leek is one scene: split at a raised similarity rather than left out of two folds.
+    assert sorted(np.bincount(fold_of[np.asarray(examples.labels) == 2], minlength=3)) == [1, 1, 1]
+
+
+def test_the_leak_check_tells_a_scene_split_from_a_file_order_split():
+    examples, features, _ = _photos({"Granny-Smith": 6, "Arla-Milk": 6}, shots=3)
+    validation, val_features, _ = _photos({"Granny-Smith": 2, "Arla-Milk": 2}, shots=1, seed=1)
+    data = SimpleNamespace(train=examples, validation=validation)
+    check = leak_check(data, features, val_features, {"scene": fold_split(examples, features, 3),
+                                                      "file order": file_order_split(examples, 3)})
+    assert check["file order"] > 0.95  # every validation photo has a near-copy in training
+    assert check["scene"] < 0.5 and check["val split"] < 0.5  # unseen scenes, like the val photos
+
+
+def test_write_fold_links_every_photo_once_as_validation_and_never_on_both_sides(tmp_path):
+    examples, features, _ = _photos({"Granny-Smith": 4, "Arla-Milk": 3}, shots=2)
+    for path in examples.paths:
+        local = tmp_path / "data" / os.path.relpath(path, "/photos")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(b"jpeg")
+    examples.paths = [str(tmp_path / "data" / os.path.relpath(p, "/photos")) for p in examples.paths]
+    fold_of = fold_split(examples, features, folds=2)
     validated = []
-    for fold in range(3):
-        train, val = write_fold(str(tmp_path / "work"), blocks, fold)
+    for fold in range(2):
+        train, val = write_fold(str(tmp_path / "work"), examples, fold_of, fold)
         train_files = {f for _, _, files in os.walk(train) for f in files}
         val_files = {f for _, _, files in os.walk(val) for f in files}
-        assert not train_files & val_files and len(train_files | val_files) == sum(counts.values())
-        assert {os.path.basename(p) for p in blocks["Leek"][fold]} == set(os.listdir(os.path.join(val, "Leek")))
+        assert not train_files & val_files and len(train_files | val_files) == len(examples.paths)
+        assert sorted(os.listdir(val)) == sorted(os.listdir(train)) == ["Arla-Milk", "Granny-Smith"]
         validated += sorted(val_files)
-    assert len(validated) == len(set(validated)) == sum(counts.values())  # every photo validated exactly once
+    assert len(validated) == len(set(validated)) == len(examples.paths)
