@@ -16,8 +16,9 @@ over the folds' means. The leak check printed first (each validation photo's mos
 training photo of its class, median cosine) shows how far each split is from the val split's.
 
 Each variant is the shipped `recipes/grocery_store.yaml` with `--set`-style overrides, fitted
-once on train (val top-1 at the best epoch, as `fit` reports it, and the wall time) and once per
-fold. Runs go under --work (default /tmp/retail-vision-accuracy), the class folders of each fold
+once on train (val top-1 at the best epoch, as `fit` reports it, and the wall time; that run's
+int8 TFLite file against its float model on val, as `export` measures it) and once per fold.
+Runs go under --work (default /tmp/retail-vision-accuracy), the class folders of each fold
 as links into the dataset, never copies; a variant's finished fits are reused, so an interrupted
 search picks up where it stopped. Results: benchmarks/results/accuracy_<variant>.json; `--json`
 prints every row as one JSON object.
@@ -213,6 +214,23 @@ def run_fit(runs: str, overrides: list[str]) -> dict:
             "run_dir": result.run_dir}
 
 
+def int8_parity(run_dir: str, output: str) -> dict:
+    """The run's int8 TFLite file against its float model on the run's val photos; an earlier export is reused."""
+    import glob
+
+    from retail_vision.export.exporter import export_model
+
+    reports = sorted(glob.glob(os.path.join(output, "*", "*", "export_report.json")))
+    if reports:
+        with open(reports[-1]) as handle:
+            report = json.load(handle)
+    else:  # allow_drop: the search reports the drop, the export gate is for publishing
+        report = export_model(run_dir, output=output, tflite_kinds=("int8",), allow_drop=True).report
+    rows = {row["artifact"]: row for row in report["artifacts"]}
+    return {"float_top1": rows["keras"]["top1"], "int8_top1": rows["tflite:int8"]["top1"],
+            "int8_mb": rows["tflite:int8"]["size_bytes"] / 1e6}
+
+
 def second_opinion_folds(folds: int, work: str):
     """(train examples, fold number per photo, leak check) of the shipped recipe's data."""
     from retail_vision.data.training_data import resolve_training_data
@@ -231,6 +249,7 @@ def second_opinion_folds(folds: int, work: str):
 def search_variant(name: str, overrides: list[str], examples, fold_of, work: str) -> dict:
     """One variant: its fit on train (val, wall time) and its K fold fits (pooled top-1, SE over folds)."""
     plain = run_fit(os.path.join(work, name, "train-val"), overrides)
+    int8 = int8_parity(plain["run_dir"], os.path.join(work, name, "exported"))
     folds = max(fold_of) + 1
     per_fold = []
     for fold in range(folds):
@@ -246,7 +265,7 @@ def search_variant(name: str, overrides: list[str], examples, fold_of, work: str
         "val_top1": plain["val_top1"], "val_images": plain["val_images"],
         "val_se": math.sqrt(plain["val_top1"] * (1 - plain["val_top1"]) / plain["val_images"]),
         "kfold_top1": right / photos, "kfold_images": photos, "kfold_se": spread,
-        "kfold_folds": means, "wall_s": plain["wall_s"], "run_dir": plain["run_dir"],
+        "kfold_folds": means, "wall_s": plain["wall_s"], "run_dir": plain["run_dir"], **int8,
     }
 
 
@@ -283,8 +302,9 @@ def main() -> None:
         print(json.dumps({"leak_check": check, "rows": rows}, indent=2))
         return
     print(table([{**r, "val_top1": f"{r['val_top1']:.3f} +- {r['val_se']:.3f}",
-                  "kfold_top1": f"{r['kfold_top1']:.3f} +- {r['kfold_se']:.3f}", "wall_s": round(r["wall_s"])}
-                 for r in rows], ["variant", "val_top1", "kfold_top1", "kfold_images", "wall_s"]))
+                  "kfold_top1": f"{r['kfold_top1']:.3f} +- {r['kfold_se']:.3f}", "wall_s": round(r["wall_s"]),
+                  "int8_top1": f"{r['int8_top1']:.3f} ({r['float_top1']:.3f})", "int8_mb": round(r["int8_mb"], 2)}
+                 for r in rows], ["variant", "val_top1", "kfold_top1", "kfold_images", "wall_s", "int8_top1", "int8_mb"]))
 
 
 if __name__ == "__main__":
