@@ -269,6 +269,27 @@ def search_variant(name: str, overrides: list[str], examples, fold_of, work: str
     }
 
 
+def paired_effect(row: dict, baseline: dict) -> dict:
+    """The variant's k-fold top-1 minus the baseline's, fold by fold (same photos): mean and its standard error."""
+    differences = [a - b for a, b in zip(row["kfold_folds"], baseline["kfold_folds"])]
+    return {"kfold_effect": statistics.mean(differences),
+            "kfold_effect_se": statistics.stdev(differences) / math.sqrt(len(differences))}
+
+
+def baseline_row(rows: list[dict], check: dict) -> dict | None:
+    """The baseline's row: from this search, or from an earlier one on the same folds (the same leak check)."""
+    for row in rows:
+        if row["variant"] == "baseline":
+            return row
+    path = os.path.join(REPO, "benchmarks", "results", "accuracy_baseline.json")
+    if os.path.isfile(path):
+        with open(path) as handle:
+            earlier = json.load(handle)
+        if earlier.get("leak_check") == check:
+            return earlier["row"]
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="baseline", help="comma-separated names (--list shows them)")
@@ -296,6 +317,9 @@ def main() -> None:
     rows = []
     for name in names:
         rows.append(search_variant(name, VARIANTS.get(name, args.set), examples, fold_of, args.work))
+        baseline = baseline_row(rows, check)
+        if baseline is not None:
+            rows[-1].update(paired_effect(rows[-1], baseline))
         write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "leak_check": check,
                                            "row": rows[-1]})
     if args.json:
@@ -303,8 +327,10 @@ def main() -> None:
         return
     print(table([{**r, "val_top1": f"{r['val_top1']:.3f} +- {r['val_se']:.3f}",
                   "kfold_top1": f"{r['kfold_top1']:.3f} +- {r['kfold_se']:.3f}", "wall_s": round(r["wall_s"]),
+                  "kfold_effect": f"{r['kfold_effect']:+.3f} +- {r['kfold_effect_se']:.3f}" if "kfold_effect" in r else "",
                   "int8_top1": f"{r['int8_top1']:.3f} ({r['float_top1']:.3f})", "int8_mb": round(r["int8_mb"], 2)}
-                 for r in rows], ["variant", "val_top1", "kfold_top1", "kfold_images", "wall_s", "int8_top1", "int8_mb"]))
+                 for r in rows], ["variant", "val_top1", "kfold_top1", "kfold_effect", "kfold_images", "wall_s",
+                                  "int8_top1", "int8_mb"]))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The accuracy search's second opinion: k folds of train that never split a scene (near-copies)."""
 
+import json
 import os
 import sys
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import accuracy_search  # noqa: E402
 from benchmarks.accuracy_search import file_order_split, fold_split, leak_check, write_fold  # noqa: E402
 from retail_vision.data.sources import Examples  # noqa: E402
 
@@ -72,3 +74,22 @@ def test_write_fold_links_every_photo_once_as_validation_and_never_on_both_sides
         assert sorted(os.listdir(val)) == sorted(os.listdir(train)) == ["Arla-Milk", "Granny-Smith"]
         validated += sorted(val_files)
     assert len(validated) == len(set(validated)) == len(examples.paths)
+
+
+def test_a_variants_effect_is_paired_fold_by_fold_against_a_baseline_on_the_same_folds(tmp_path, monkeypatch):
+    variant = {"variant": "lite2-320", "kfold_folds": [0.89, 0.92, 0.88]}
+    baseline = {"variant": "baseline", "kfold_folds": [0.86, 0.90, 0.86]}
+    effect = accuracy_search.paired_effect(variant, baseline)
+    assert abs(effect["kfold_effect"] - 0.02333) < 1e-4
+    assert abs(effect["kfold_effect_se"] - np.std([0.03, 0.02, 0.02], ddof=1) / np.sqrt(3)) < 1e-9
+
+    check = {"val split": 0.735, "scene folds": 0.777}
+    assert accuracy_search.baseline_row([baseline, variant], check) is baseline
+    monkeypatch.setattr(accuracy_search, "REPO", str(tmp_path))
+    assert accuracy_search.baseline_row([variant], check) is None
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    stored = tmp_path / "benchmarks" / "results" / "accuracy_baseline.json"
+    stored.write_text(json.dumps({"leak_check": {**check, "scene folds": 0.8}, "row": baseline}))
+    assert accuracy_search.baseline_row([variant], check) is None  # other folds: not comparable fold by fold
+    stored.write_text(json.dumps({"leak_check": check, "row": baseline}))
+    assert accuracy_search.baseline_row([variant], check) == baseline
