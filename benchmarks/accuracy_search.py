@@ -141,11 +141,11 @@ def file_order_split(examples, folds: int):
     """Fold number per photo: each class's photos sorted by path, cut into K contiguous blocks (for the leak check)."""
     import numpy as np
 
-    fold_of = np.zeros(len(examples), int)
-    for label in set(examples.labels):
-        members = sorted((path, i) for i, (path, own) in enumerate(zip(examples.paths, examples.labels)) if own == label)
-        for rank, (_, i) in enumerate(members):
-            fold_of[i] = rank * folds // len(members)
+    labels, paths = np.asarray(examples.labels), np.asarray(examples.paths)
+    fold_of = np.zeros(len(labels), int)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        fold_of[members[np.argsort(paths[members])]] = np.arange(len(members)) * folds // len(members)
     return fold_of
 
 
@@ -172,9 +172,18 @@ def nearest_same_class(features, labels, reference, reference_labels):
     return similarity.max(axis=1)
 
 
+def split_name(fold_of) -> str:
+    """The split's name, from its fold of every photo: folds and fold runs of another split are never reused."""
+    import hashlib
+
+    import numpy as np
+
+    return f"scenes-{hashlib.sha256(np.asarray(fold_of, np.int64).tobytes()).hexdigest()[:8]}"
+
+
 def write_fold(work: str, examples, fold_of, fold: int) -> tuple[str, str]:
     """(train folder, val folder) of fold `fold`: links to the photos, one folder per class."""
-    root = os.path.join(work, "scene-folds", f"fold-{fold + 1}-of-{max(fold_of) + 1}")
+    root = os.path.join(work, split_name(fold_of), f"fold-{fold + 1}-of-{max(fold_of) + 1}")
     folders = (os.path.join(root, "train"), os.path.join(root, "val"))
     if os.path.exists(os.path.join(root, "COMPLETE")):
         return folders
@@ -254,7 +263,7 @@ def search_variant(name: str, overrides: list[str], examples, fold_of, work: str
     per_fold = []
     for fold in range(folds):
         train, val = write_fold(work, examples, fold_of, fold)
-        per_fold.append(run_fit(os.path.join(work, name, f"scene-fold-{fold + 1}"),
+        per_fold.append(run_fit(os.path.join(work, name, f"{split_name(fold_of)}-fold-{fold + 1}"),
                                 [f"data.source={train}", f"data.validation={val}", *overrides]))
     right = sum(f["val_top1"] * f["val_images"] for f in per_fold)
     photos = sum(f["val_images"] for f in per_fold)
@@ -276,8 +285,8 @@ def paired_effect(row: dict, baseline: dict) -> dict:
             "kfold_effect_se": statistics.stdev(differences) / math.sqrt(len(differences))}
 
 
-def baseline_row(rows: list[dict], check: dict) -> dict | None:
-    """The baseline's row: from this search, or from an earlier one on the same folds (the same leak check)."""
+def baseline_row(rows: list[dict], split: str) -> dict | None:
+    """The baseline's row: from this search, or from an earlier one on the same folds."""
     for row in rows:
         if row["variant"] == "baseline":
             return row
@@ -285,7 +294,7 @@ def baseline_row(rows: list[dict], check: dict) -> dict | None:
     if os.path.isfile(path):
         with open(path) as handle:
             earlier = json.load(handle)
-        if earlier.get("leak_check") == check:
+        if earlier.get("split") == split:
             return earlier["row"]
     return None
 
@@ -310,17 +319,21 @@ def main() -> None:
         raise SystemExit("give --folds 2 or more, and variants from --list (or one new name with --set overrides)")
     if not os.path.isdir(os.path.join(DATASET, "train")):
         raise SystemExit(f"{DATASET}: the Grocery Store dataset is not there (see its README)")
+    import numpy as np
+
     examples, fold_of, check = second_opinion_folds(args.folds, args.work)
     if not args.json:
         print("leak check, median cosine of a validation photo to its nearest training photo of its class: "
-              + ", ".join(f"{split} {value:.3f}" for split, value in check.items()), flush=True)
+              + ", ".join(f"{split} {value:.3f}" for split, value in check.items())
+              + f"; {split_name(fold_of)}: {', '.join(map(str, np.bincount(fold_of)))} photos per fold", flush=True)
     rows = []
     for name in names:
         rows.append(search_variant(name, VARIANTS.get(name, args.set), examples, fold_of, args.work))
-        baseline = baseline_row(rows, check)
+        baseline = baseline_row(rows, split_name(fold_of))
         if baseline is not None:
             rows[-1].update(paired_effect(rows[-1], baseline))
-        write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "leak_check": check,
+        write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "split": split_name(fold_of),
+                                           "fold_images": np.bincount(fold_of).tolist(), "leak_check": check,
                                            "row": rows[-1]})
     if args.json:
         print(json.dumps({"leak_check": check, "rows": rows}, indent=2))

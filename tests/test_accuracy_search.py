@@ -83,13 +83,21 @@ def test_a_variants_effect_is_paired_fold_by_fold_against_a_baseline_on_the_same
     assert abs(effect["kfold_effect"] - 0.02333) < 1e-4
     assert abs(effect["kfold_effect_se"] - np.std([0.03, 0.02, 0.02], ddof=1) / np.sqrt(3)) < 1e-9
 
-    check = {"val split": 0.735, "scene folds": 0.777}
-    assert accuracy_search.baseline_row([baseline, variant], check) is baseline
+    split = "scenes-0123abcd"
+    assert accuracy_search.baseline_row([baseline, variant], split) is baseline
     monkeypatch.setattr(accuracy_search, "REPO", str(tmp_path))
-    assert accuracy_search.baseline_row([variant], check) is None
+    assert accuracy_search.baseline_row([variant], split) is None
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     stored = tmp_path / "benchmarks" / "results" / "accuracy_baseline.json"
-    stored.write_text(json.dumps({"leak_check": {**check, "scene folds": 0.8}, "row": baseline}))
-    assert accuracy_search.baseline_row([variant], check) is None  # other folds: not comparable fold by fold
-    stored.write_text(json.dumps({"leak_check": check, "row": baseline}))
-    assert accuracy_search.baseline_row([variant], check) == baseline
+    stored.write_text(json.dumps({"split": "scenes-ffffffff", "row": baseline}))
+    assert accuracy_search.baseline_row([variant], split) is None  # other folds: not comparable fold by fold
+    stored.write_text(json.dumps({"split": split, "row": baseline}))
+    assert accuracy_search.baseline_row([variant], split) == baseline
+
+
+def test_the_split_name_changes_with_any_photo_s_fold():
+    fold_of = np.array([0, 1, 2, 0, 1, 2])
+    moved = fold_of.copy()
+    moved[3] = 1
+    assert accuracy_search.split_name(fold_of) == accuracy_search.split_name(list(fold_of))
+    assert accuracy_search.split_name(moved) != accuracy_search.split_name(fold_of)
