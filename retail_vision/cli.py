@@ -154,15 +154,17 @@ def evaluate(model, data, as_json, report_dir, class_names, hierarchy, classes):
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True))
-@click.option("--output", default=_EXPORT_DEFAULTS.output, show_default=True, help="Folder of exported models.")
+@click.option("--output", help=f"Folder of exported models (default: the run recipe's export.output, else "
+                                f"{_EXPORT_DEFAULTS.output}).")
 @click.option("--name", help="Model name (default: the recipe's name, or the .keras file's).")
 @click.option("--tflite", is_flag=True, help="Also write TFLite files (all four kinds unless --quantize).")
 @click.option("--quantize", help=f"Comma-separated TFLite kinds: {','.join(TFLITE_KINDS)}.")
 @click.option("--data", type=click.Path(exists=True),
               help="Held-out images (folder or manifest) for the parity check; the temperature is fitted again on them.")
 @click.option("--allow-drop", is_flag=True, help="Publish even if int8 loses more than export.max_int8_drop points.")
-@click.option("--max-int8-drop", type=float, default=_EXPORT_DEFAULTS.max_int8_drop, show_default=True,
-              help="Allowed int8 top-1 drop, points.")
+@click.option("--max-int8-drop", type=float,
+              help=f"Allowed int8 top-1 drop, points (default: the run recipe's export.max_int8_drop, else "
+                   f"{_EXPORT_DEFAULTS.max_int8_drop}).")
 @_user_errors_exit_2
 def export(model, output, name, tflite, quantize, data, allow_drop, max_int8_drop):
     """Export MODEL (run dir or .keras) for TF Serving and, with --tflite, for devices."""

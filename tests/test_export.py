@@ -3,17 +3,19 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from retail_vision import Recipe, fit
 from retail_vision.cli import main
 from retail_vision.errors import ParityError
-from retail_vision.export import export_model, tflite
+from retail_vision.export import export_model, exporter, parity, tflite
 
 from conftest import synthetic_image, tiny_recipe, write_class_folders
 
@@ -111,15 +113,77 @@ def test_a_failure_mid_export_leaves_no_version_folder(trained, tmp_path, monkey
 
 def test_int8_gate_fails_the_export_unless_allowed(trained, tmp_path):
     result, _, _ = trained
+    # A limit no int8 file meets, whatever its sampling error on these few photos.
     with pytest.raises(ParityError, match="int8 TFLite top-1 is .* points below the float model"):
-        export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("int8",), max_int8_drop=-1.0)
+        export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("int8",), max_int8_drop=-200.0)
     assert os.listdir(tmp_path / "tiny") == []
     cli = CliRunner().invoke(main, ["export", result.run_dir, "--output", str(tmp_path), "--quantize", "int8",
-                                    "--max-int8-drop", "-1"])
+                                    "--max-int8-drop", "-200"])
     assert cli.exit_code == 1 and "points below the float model" in cli.output
-    allowed = export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("int8",), max_int8_drop=-1.0,
+    allowed = export_model(result.run_dir, output=str(tmp_path), tflite_kinds=("int8",), max_int8_drop=-200.0,
                            allow_drop=True)
     assert os.path.basename(allowed.version_dir) == "1"
+
+
+def _int8_rows(float_right: int, int8_right: int, photos: int, both_right: int) -> list[dict]:
+    """Report rows of a float model and its int8 file, from which photos each got right."""
+    float_answers = np.zeros(photos, bool)
+    int8_answers = np.zeros(photos, bool)
+    float_answers[:float_right] = True
+    # The int8 file shares `both_right` of the float model's right answers and gets the rest elsewhere.
+    int8_answers[:both_right] = True
+    int8_answers[float_right:float_right + int8_right - both_right] = True
+    drop, error = parity.paired_drop(float_answers, int8_answers)
+    return [{"artifact": "keras", "top1": float_answers.mean()},
+            {"artifact": "tflite:int8", "top1": int8_answers.mean(), "drop_points": drop, "drop_se_points": error}]
+
+
+def test_int8_gate_weighs_the_drop_against_the_photos_it_was_measured_on(capsys):
+    # 296 photos, 6 more lost than gained (2.0 points): as likely chance as a real loss, published with a warning.
+    exporter._check_int8(_int8_rows(float_right=258, int8_right=252, photos=296, both_right=250), 1.0, False)
+    assert "within what these held-out photos can tell from chance" in capsys.readouterr().err
+    # The same 2.0 points on 2,960 photos is a real loss.
+    with pytest.raises(ParityError, match="2.0 \\+- 0.3 points below .* beyond chance"):
+        exporter._check_int8(_int8_rows(float_right=2580, int8_right=2520, photos=2960, both_right=2520), 1.0, False)
+    # A drop within the limit passes silently.
+    exporter._check_int8(_int8_rows(float_right=258, int8_right=256, photos=296, both_right=256), 1.0, False)
+    assert capsys.readouterr().err == ""
+
+
+def test_paired_drop_counts_only_photos_where_the_two_differ():
+    reference = np.array([True] * 90 + [False] * 10)
+    assert parity.paired_drop(reference, reference) == (0.0, 0.0)
+    one_lost = reference.copy()
+    one_lost[0] = False
+    drop, error = parity.paired_drop(reference, one_lost)
+    assert drop == pytest.approx(1.0) and error == pytest.approx(1.0)  # sd of one 1 in 100, / sqrt(100)
+
+
+def test_export_of_a_run_whose_photos_moved_says_so(trained, tmp_path):
+    result, _, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(result.run_dir, run_dir)
+    split = json.loads((run_dir / "split.json").read_text())
+    split["validation"]["paths"] = [str(tmp_path / "moved" / os.path.basename(p)) for p in split["validation"]["paths"]]
+    (run_dir / "split.json").write_text(json.dumps(split))
+    cli = CliRunner().invoke(main, ["export", str(run_dir), "--output", str(tmp_path / "exported")])
+    assert cli.exit_code == 2, cli.output
+    assert "held-out images: none of the" in cli.output and "pass --data" in cli.output
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_of_a_run_takes_its_recipe_export_section(trained, tmp_path):
+    result, _, _ = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(result.run_dir, run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe["export"].update(output=str(tmp_path / "from-recipe"), max_int8_drop=7.5)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    cli = CliRunner().invoke(main, ["export", str(run_dir)])
+    assert cli.exit_code == 0, cli.output
+    version = cli.output.strip().splitlines()[-1]
+    assert version == str(tmp_path / "from-recipe" / "tiny" / "1")
+    assert json.loads(pathlib.Path(version, "export_report.json").read_text())["max_int8_drop_points"] == 7.5
 
 
 @pytest.mark.parametrize("artifact", ["run_dir", "keras", "saved_model", "tflite:float32", "tflite:int8"])

@@ -3,7 +3,8 @@
 The version folder holds the SavedModel (TF Serving), labels.txt, the requested TFLite files
 (a classifier and an embedder per kind), model.keras (what `enroll` extends), rejection.json and
 export_report.json. It is published (renamed into place) only after every artifact ran on
-held-out images; an int8 file that loses more than `max_int8_drop` points fails the export.
+held-out images; an int8 file that loses more than `max_int8_drop` points fails the export, unless
+the held-out photos are too few to tell that loss from chance (then it is published with a warning).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import statistics
 import sys
 
 import numpy as np
@@ -30,6 +32,10 @@ from retail_vision.rejection import threshold_keeping
 
 REPORT_FILE = "export_report.json"
 DEFAULTS = ExportConfig()  # the recipe's export defaults, for calls that come without a recipe
+# The int8 gate refuses a file when its loss is over the limit with this confidence (one-sided).
+# On the 296 grocery val photos a Lite2 int8 file read 2.0 +- 1.1 points below float, where 890
+# other photos read 0.3 and the dataset's 2,485 test photos 0.1: a bare threshold refused a good file.
+GATE_CONFIDENCE = 0.95
 
 
 @dataclasses.dataclass
@@ -40,14 +46,14 @@ class ExportResult:
 
 def export_model(
     model,
-    output: str = DEFAULTS.output,
+    output: str | None = None,
     name: str | None = None,
     tflite_kinds: tuple[str, ...] = (),
     data=None,
     allow_drop: bool = False,
-    max_int8_drop: float = DEFAULTS.max_int8_drop,
-    calibration_images: int = DEFAULTS.calibration_images,
-    seed: int = 0,
+    max_int8_drop: float | None = None,
+    calibration_images: int | None = None,
+    seed: int | None = None,
     split: dict | None = None,
     report_extra: dict | None = None,
     embedders_from: str | None = None,
@@ -66,15 +72,25 @@ def export_model(
     (`enroll`); a cosine head's outputs then come from them, with no second backbone pass.
     `recalibrate`: fit the temperature again on the held-out photos (`retail-vision export --data`:
     photos nothing was tuned on); the exported graphs carry it, the report says what it changed.
+    `output`, `max_int8_drop`, `calibration_images`, `seed`: by default a run's own recipe's
+    (`export:` and `train.seed`), else the recipe defaults.
     """
     unknown = [kind for kind in tflite_kinds if kind not in tflite.KINDS]
     if unknown:
         raise UserError(f"--quantize: unknown {', '.join(unknown)}; choose from {', '.join(tflite.KINDS)}")
     source = _Source.of(model, name, split)
+    output = source.settings.output if output is None else output
+    max_int8_drop = source.settings.max_int8_drop if max_int8_drop is None else max_int8_drop
+    calibration_images = source.settings.calibration_images if calibration_images is None else calibration_images
+    seed = source.seed if seed is None else seed
     classifier, labels, resize = source.predictor.model, source.predictor.labels, source.predictor.resize
     size = int(classifier.input_shape[1])
     held_out_examples, calibration_paths = _held_out_and_calibration(source, data, calibration_images, seed)
     images, failures = load_images(held_out_examples.paths, size, resize)
+    if failures and len(failures) == len(held_out_examples.paths):
+        path, reason = failures[0]
+        raise UserError(f"held-out images: none of the {len(failures)} can be read ({path}: {reason}); a run "
+                        "names the photos where they were when it trained: pass --data FOLDER_OR_MANIFEST")
     failed = {path for path, _ in failures}
     keep = [i for i, path in enumerate(held_out_examples.paths) if path not in failed]
     held_out = HeldOut(images, np.array([held_out_examples.labels[i] for i in keep]),
@@ -176,6 +192,8 @@ class _Source:
     description: str  # for the report: the path, or "in-memory model"
     keras_files: list[str]  # the .keras file, for the size column; none for a model in hand
     split: dict | None  # {"train", "validation"[, "test"]: Examples} the run recorded
+    settings: ExportConfig = dataclasses.field(default_factory=ExportConfig)  # the run recipe's `export:`
+    seed: int = 0  # the run recipe's train.seed: `fit`'s own export and a later one calibrate alike
 
     @classmethod
     def of(cls, model, name: str | None, split: dict | None = None) -> "_Source":
@@ -191,19 +209,29 @@ class _Source:
         default_name = recipe.get("name") or os.path.splitext(os.path.basename(path.rstrip("/")))[0]
         keras_file = path if os.path.isfile(path) else os.path.join(path, run_directory.MODEL_FILE)
         return cls(predictor, name or default_name, os.path.abspath(path), [keras_file],
-                   run_directory.read_split(folder))
+                   run_directory.read_split(folder), ExportConfig.model_validate(recipe.get("export") or {}),
+                   (recipe.get("train") or {}).get("seed", 0))
 
 
 def _check_int8(rows: list[dict], max_drop: float, allow_drop: bool) -> None:
+    """Refuse an int8 file whose loss against the float model is over `max_drop` beyond sampling noise."""
     float_top1 = rows[0]["top1"]
+    margin = statistics.NormalDist().inv_cdf(GATE_CONFIDENCE)
     for row in rows:
-        drop = (float_top1 - row["top1"]) * 100
-        if row["artifact"] == "tflite:int8" and drop > max_drop and not allow_drop:
-            raise ParityError(
-                f"int8 TFLite top-1 is {drop:.1f} points below the float model "
-                f"({row['top1'] * 100:.1f}% vs {float_top1 * 100:.1f}%), over the {max_drop} limit "
-                "(export.max_int8_drop); nothing was published. Use --allow-drop to export anyway."
-            )
+        if row["artifact"] != "tflite:int8" or row["drop_points"] <= max_drop:
+            continue
+        drop, error = row["drop_points"], row["drop_se_points"]
+        measured = (f"int8 TFLite top-1 is {drop:.1f} +- {error:.1f} points below the float model "
+                    f"({row['top1'] * 100:.1f}% vs {float_top1 * 100:.1f}%), over the {max_drop}-point limit "
+                    "(export.max_int8_drop)")
+        if drop - margin * error <= max_drop:
+            log(f"warning: {measured}, but within what these held-out photos can tell from chance "
+                f"({GATE_CONFIDENCE:.0%} one-sided), so it is published; check it on more photos with --data")
+        elif allow_drop:
+            log(f"warning: {measured}; published because of --allow-drop")
+        else:
+            raise ParityError(f"{measured}, beyond chance on these held-out photos; nothing was published. "
+                              "Use --allow-drop to export anyway.")
 
 
 def _held_out_and_calibration(source: _Source, data, calibration_images: int, seed: int):

@@ -132,11 +132,8 @@ def _fit_and_finish(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunR
     if recipe.export.enabled and cluster.is_chief:
         from retail_vision.export import export_model
 
-        exported = export_model(
-            result.run_dir, output=recipe.export.output, tflite_kinds=tuple(recipe.export.tflite),
-            max_int8_drop=recipe.export.max_int8_drop, calibration_images=recipe.export.calibration_images,
-            seed=recipe.train.seed,
-        )
+        # The rest of the recipe's export section (and its seed) is read back from the run's recipe.
+        exported = export_model(result.run_dir, tflite_kinds=tuple(recipe.export.tflite))
         result.metrics["export"] = exported.version_dir
     run_directory.write_json(result.run_dir, run_directory.METRICS_FILE, result.metrics)  # last: marks the run finished
     metrics = result.metrics
