@@ -6,6 +6,7 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -101,3 +102,19 @@ def test_the_split_name_changes_with_any_photo_s_fold():
     moved[3] = 1
     assert accuracy_search.split_name(fold_of) == accuracy_search.split_name(list(fold_of))
     assert accuracy_search.split_name(moved) != accuracy_search.split_name(fold_of)
+
+
+def test_flip_tta_scores_the_runs_own_validation_photos_and_keeps_the_result(tmp_path):
+    from conftest import tiny_recipe, write_class_folders
+    from retail_vision import Recipe, fit
+
+    recipe = tiny_recipe(write_class_folders(tmp_path / "photos"), tmp_path / "runs")
+    recipe["train"]["fine_tune"]["epochs"] = 0
+    result = fit(Recipe.from_dict(recipe), verbose=0)
+    scored = accuracy_search.flip_tta(result.run_dir)
+    # Without the mirror image it is the model `fit` scored: the same photos, the same top-1.
+    assert scored["images"] == result.metrics["val_images"]
+    assert scored["top1"] == pytest.approx(result.metrics["val_top1"], abs=1e-6)
+    assert 0.0 <= scored["flip_top1"] <= 1.0
+    with open(os.path.join(result.run_dir, accuracy_search.FLIP_FILE)) as handle:
+        assert json.load(handle) == scored  # a reused run is not scored again
