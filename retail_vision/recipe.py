@@ -176,7 +176,10 @@ class ExportConfig(_Section):
     tflite: list[Literal[TFLITE_KINDS]] = Field(
         default_factory=list, description="TFLite files to write besides the SavedModel"
     )
-    max_int8_drop: float = Field(1.0, ge=0.0, le=100.0, description="int8 top-1 may lose at most this many points against float, beyond chance on the held-out photos")
+    max_int8_drop: float = Field(
+        1.0, ge=0.0, le=100.0,
+        description="int8 top-1 may lose at most this many points against float, beyond chance on the held-out photos",
+    )
     calibration_images: int = Field(200, ge=1, description="training images that calibrate int8 (seeded sample)")
 
 
