@@ -352,7 +352,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.list:
         for name, overrides in VARIANTS.items():
-            print(f"{name:16} {' '.join(overrides) or ' '.join(BASELINE)}")
+            print(f"{name:{max(map(len, VARIANTS))}}  " + (f"baseline + {' '.join(overrides)}" if overrides else
+                                                             ' '.join(BASELINE)))
         return
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
