@@ -249,8 +249,8 @@ def int8_parity(run_dir: str, output: str) -> dict:
 
 
 def flip_tta(run_dir: str) -> dict:
-    """{images, top1, flip_top1, gains}: the run's model on its validation photos, alone and averaged with
-    its mirror image (test-time augmentation: two passes per photo on the device); kept in the run."""
+    """{images, top1, flip_top1}: the run's model on its validation photos, alone and averaged with its
+    mirror image (test-time augmentation: two passes per photo on the device); kept in the run."""
     import numpy as np
 
     from retail_vision import run_directory
