@@ -184,6 +184,12 @@ def test_export_of_a_run_takes_its_recipe_export_section(trained, tmp_path):
     version = cli.output.strip().splitlines()[-1]
     assert version == str(tmp_path / "from-recipe" / "tiny" / "1")
     assert json.loads(pathlib.Path(version, "export_report.json").read_text())["max_int8_drop_points"] == 7.5
+    recipe["export"].update(max_int8_drop="lots", calibration_images=0)  # as a hand edit could leave it
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    cli = CliRunner().invoke(main, ["export", str(run_dir)])
+    assert cli.exit_code == 2
+    assert "recipe.yaml: export.max_int8_drop:" in cli.output and "export.calibration_images:" in cli.output
+    assert sorted(os.listdir(tmp_path / "from-recipe" / "tiny")) == ["1"]  # nothing more written
 
 
 @pytest.mark.parametrize("artifact", ["run_dir", "keras", "saved_model", "tflite:float32", "tflite:int8"])

@@ -16,6 +16,7 @@ import statistics
 import sys
 
 import numpy as np
+import pydantic
 import tensorflow as tf
 
 from retail_vision import run_directory
@@ -210,8 +211,18 @@ class _Source:
         default_name = recipe.get("name") or os.path.splitext(os.path.basename(path.rstrip("/")))[0]
         keras_file = path if os.path.isfile(path) else os.path.join(path, run_directory.MODEL_FILE)
         return cls(predictor, name or default_name, os.path.abspath(path), [keras_file],
-                   run_directory.read_split(folder), ExportConfig.model_validate(recipe.get("export") or {}),
+                   run_directory.read_split(folder), _export_section(folder, recipe),
                    (recipe.get("train") or {}).get("seed", 0))
+
+
+def _export_section(folder: str, recipe: dict) -> ExportConfig:
+    """The run recipe's `export:` section, validated (a hand-edited recipe.yaml gets a clear error)."""
+    try:
+        return ExportConfig.model_validate(recipe.get("export") or {})
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"export.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise UserError(f"{os.path.join(folder, run_directory.RECIPE_FILE)}: {problems}; fix that section of the "
+                        "run's recipe (it sets export's defaults)") from None
 
 
 def _check_int8(rows: list[dict], max_drop: float, allow_drop: bool) -> None:
