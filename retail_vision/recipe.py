@@ -313,6 +313,17 @@ def apply_override(raw: dict, override: str) -> None:
 # === Error messages ===
 
 
+def validated_section(name: str, raw: dict | None):
+    """A recipe section (e.g. a run's saved `export:`) validated on its own, errors worded like a recipe's."""
+    section = Recipe.model_fields[name].annotation
+    try:
+        return section.model_validate(raw or {})
+    except pydantic.ValidationError as error:
+        problems = list(dict.fromkeys(_describe({**problem, "loc": (name, *problem["loc"])}, {name: raw})
+                                      for problem in error.errors()))
+        raise RecipeError("; ".join(problems)) from None
+
+
 def _describe(error: dict, raw: dict) -> str:
     """One line from a pydantic error: dotted path, what is wrong, value received, a suggestion."""
     loc = _without_union_branches(error["loc"])

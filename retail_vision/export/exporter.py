@@ -16,7 +16,6 @@ import statistics
 import sys
 
 import numpy as np
-import pydantic
 import tensorflow as tf
 
 from retail_vision import run_directory
@@ -28,7 +27,7 @@ from retail_vision.errors import ParityError, UserError
 from retail_vision.export import parity, tflite, tflite_metadata, versioning
 from retail_vision.export.parity import HeldOut
 from retail_vision.export.saved_model import write_saved_model
-from retail_vision.recipe import ExportConfig
+from retail_vision.recipe import ExportConfig, validated_section
 from retail_vision.rejection import threshold_keeping
 
 REPORT_FILE = "export_report.json"
@@ -218,10 +217,9 @@ class _Source:
 def _export_section(folder: str, recipe: dict) -> ExportConfig:
     """The run recipe's `export:` section, validated (a hand-edited recipe.yaml gets a clear error)."""
     try:
-        return ExportConfig.model_validate(recipe.get("export") or {})
-    except pydantic.ValidationError as error:
-        problems = "; ".join(f"export.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise UserError(f"{os.path.join(folder, run_directory.RECIPE_FILE)}: {problems}; fix that section of the "
+        return validated_section("export", recipe.get("export"))
+    except UserError as error:
+        raise UserError(f"{os.path.join(folder, run_directory.RECIPE_FILE)}: {error}; fix that section of the "
                         "run's recipe (it sets export's defaults)") from None
 
 
