@@ -61,6 +61,8 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
     # unfreeze-5a at 10 epochs took 2.3x the baseline's fit: each fine-tune epoch ~110 s; 6 fit in 2x
     "lite2-320-unfreeze-5a-fine-tune-6": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
                                           "train.fine_tune.epochs=6"],
+    "lite2-320-unfreeze-5a-fine-tune-8": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
+                                          "train.fine_tune.epochs=8"],
     "lite0-320": ["data.image_size=320"],
     "unfreeze-5a": ["train.fine_tune.unfreeze=block5a_expand_conv"],
     "batchnorm-train": ["train.fine_tune.batchnorm=train"],
