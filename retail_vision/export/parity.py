@@ -2,7 +2,8 @@
 
 Each row of `export_report.json`: artifact, files, total size, top-1 accuracy, top-1 agreement with
 the Keras model, the top-1 points it loses against Keras on the same photos with their standard
-error, max probability difference, mean latency per image on this machine.
+error, max probability difference, latency per image on this machine (the median of single-image
+calls after one untimed call, which traces or warms up what the first call would).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-LATENCY_IMAGES = 50  # latency is the mean over this many single-image calls
+LATENCY_IMAGES = 20  # latency is the median of this many single-image calls
 
 
 @dataclasses.dataclass
@@ -34,11 +35,8 @@ def measure(artifact: str, files: list[str], predict: Callable, held_out: HeldOu
     """
     probabilities = (batch_predict or predict)(held_out)
     predicted = probabilities.argmax(axis=1)
-    sample = held_out.images[:LATENCY_IMAGES]
-    started = time.perf_counter()
-    for image in sample:
-        predict(HeldOut(image[None], held_out.labels[:1], held_out.paths[:1]))
-    latency_ms = (time.perf_counter() - started) / max(len(sample), 1) * 1000
+    latency_ms = latency(lambda i: predict(HeldOut(held_out.images[i : i + 1], held_out.labels[i : i + 1],
+                                                   held_out.paths[i : i + 1])), len(held_out.labels))
     row = {
         "artifact": artifact,
         "files": [os.path.basename(f.rstrip("/")) for f in files],
@@ -54,6 +52,19 @@ def measure(artifact: str, files: list[str], predict: Callable, held_out: HeldOu
         row["drop_points"], row["drop_se_points"] = paired_drop(reference.argmax(axis=1) == held_out.labels,
                                                                 predicted == held_out.labels)
     return row, probabilities
+
+
+def latency(call: Callable[[int], object], images: int) -> float:
+    """Milliseconds of `call(i)` on one image i: the median over the first LATENCY_IMAGES, after an untimed call."""
+    if not images:
+        return 0.0
+    call(0)
+    seconds = []
+    for i in range(min(images, LATENCY_IMAGES)):
+        started = time.perf_counter()
+        call(i)
+        seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds) * 1000)
 
 
 def paired_drop(reference_right: np.ndarray, right: np.ndarray) -> tuple[float, float]:
@@ -72,10 +83,7 @@ def measure_embedder(artifact: str, path: str, embed: Callable, held_out: HeldOu
     embeddings = np.stack([embed(image[None])[0] for image in held_out.images])
     cosine = np.sum(embeddings * reference, axis=1) / np.maximum(
         np.linalg.norm(embeddings, axis=1) * np.linalg.norm(reference, axis=1), 1e-12)
-    started = time.perf_counter()
-    for image in held_out.images[:LATENCY_IMAGES]:
-        embed(image[None])
-    latency_ms = (time.perf_counter() - started) / max(min(len(held_out.images), LATENCY_IMAGES), 1) * 1000
+    latency_ms = latency(lambda i: embed(held_out.images[i : i + 1]), len(held_out.images))
     return {"artifact": artifact, "files": [os.path.basename(path)], "size_bytes": _size(path),
             "min_cosine_to_keras": float(cosine.min()), "mean_cosine_to_keras": float(cosine.mean()),
             "latency_ms": round(latency_ms, 2)}
