@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -157,6 +158,19 @@ def test_paired_drop_counts_only_photos_where_the_two_differ():
     one_lost[0] = False
     drop, error = parity.paired_drop(reference, one_lost)
     assert drop == pytest.approx(1.0) and error == pytest.approx(1.0)  # sd of one 1 in 100, / sqrt(100)
+
+
+def test_latency_leaves_out_the_first_call_which_traces_or_warms_up():
+    calls = []
+
+    def call(i):  # the first call is slow, as a tf.function's trace is; the rest take no time
+        calls.append(i)
+        if len(calls) == 1:
+            time.sleep(0.5)
+
+    assert parity.latency(call, images=100) < 50  # milliseconds: the slow call is not in the median
+    assert len(calls) == 1 + parity.LATENCY_IMAGES
+    assert parity.latency(call, images=0) == 0.0
 
 
 def test_export_of_a_run_whose_photos_moved_says_so(trained, tmp_path):

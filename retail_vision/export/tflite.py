@@ -49,7 +49,7 @@ def convert(classifier, quantization: Quantization, output: str = "probabilities
 
     The converter takes the traced function straight away, its weights tracked as the plain
     tf.Variables under the Keras ones (as `write_saved_model` saves them): no SavedModel is
-    written and read back first (what keras.src.export.litert does), which took half of a
+    written and read back first (what keras.src.export.litert does), which took most of a
     float32 conversion of EfficientNet-Lite2.
     """
     from retail_vision.classifier import open_world_outputs
