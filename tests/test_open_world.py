@@ -117,15 +117,21 @@ def test_saved_model_answers_unknown_to_a_b64_request_in_a_fresh_process(world):
         "import sys, json, base64, tensorflow as tf\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
         "request = [base64.b64encode(open(f, 'rb').read()).decode() for f in sys.argv[2:]]  # a REST body's b64\n"
-        "out = m.signatures['serving_default'](image_bytes=tf.constant([base64.b64decode(b) for b in request]))\n"
+        "images = tf.constant([base64.b64decode(b) for b in request])\n"
+        "out = m.signatures['serving_default'](image_bytes=images)\n"
+        "embedded = m.signatures['embed'](image_bytes=images)\n"
         "print(json.dumps({'labels': [l[0].decode() for l in out['labels'].numpy()],\n"
-        "                  'unknown': out['unknown'].numpy().tolist(), 'dim': int(out['embedding'].shape[1])}))\n"
+        "                  'unknown': out['unknown'].numpy().tolist(), 'dim': int(out['embedding'].shape[1]),\n"
+        "                  'embed_outputs': sorted(embedded),\n"
+        "                  'embed_diff': float(tf.reduce_max(tf.abs(embedded['embedding'] - out['embedding'])))}))\n"
     )
     completed = subprocess.run([sys.executable, "-c", script, version, str(samples / "red.jpg"),
                                 str(samples / "unknown.png")], capture_output=True, text=True, check=True)
     served = json.loads(completed.stdout.strip().splitlines()[-1])
     assert served["labels"] == ["red-apple", "unknown"] and served["unknown"] == [False, True]
     assert served["dim"] > 0
+    # The embed signature: the same embedding, and nothing else.
+    assert served["embed_outputs"] == ["embedding"] and served["embed_diff"] < 1e-5
 
 
 def test_predict_prints_unknown_with_its_score(world):
