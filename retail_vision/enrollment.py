@@ -149,8 +149,6 @@ def enroll(model, photos, output: str | None = None, name: str | None = None, re
                           embedders_from=os.fspath(model) if os.path.isdir(model) else None,
                           embeddings={**(validation.embedding_of() if validation else {}),
                                       **(enrolled.embedding_of() if enrolled else {})},
-                          decoded={**(validation.decoded_of() if validation else {}),
-                                   **(enrolled.decoded_of() if enrolled else {})},
                           report_extra={"enrollment": {
                               "source": os.path.abspath(model), "added": sorted(c for c in prototypes if c not in
                                                                                 source.predictor.labels),
@@ -178,7 +176,7 @@ def _prototypes(predictor: KerasPredictor, new: sources.Examples):
             prototypes[name] = mean / np.linalg.norm(mean)
     column = {index: j for j, index in enumerate(i for i, name in enumerate(new.class_names) if name in prototypes)}
     readable = tuple(path for path in new.paths if path not in failed)
-    enrolled = Scored(outputs["embedding"], outputs["logits"], np.array([column[i] for i in kept]), readable, images)
+    enrolled = Scored(outputs["embedding"], outputs["logits"], np.array([column[i] for i in kept]), readable)
     return prototypes, enrolled, [name for name in new.class_names if name not in prototypes]
 
 
@@ -221,19 +219,16 @@ class LogitMap:
 @dataclasses.dataclass(frozen=True)
 class Scored:
     """Photos through the source model: unit embeddings [N, D], logits [N, C], a class index [N] and,
-    for photos from files, their paths and the images decoded at the model's size (the export checks
-    every artifact on them)."""
+    for photos from files, their paths."""
 
     embeddings: np.ndarray
     logits: np.ndarray
     truth: np.ndarray
     paths: tuple[str, ...] = ()
-    images: np.ndarray | None = None
 
     def rows(self, keep: np.ndarray) -> "Scored":
         return Scored(self.embeddings[keep], self.logits[keep], self.truth[keep],
-                      tuple(np.asarray(self.paths, dtype=object)[keep]) if self.paths else (),
-                      self.images[keep] if self.images is not None else None)
+                      tuple(np.asarray(self.paths, dtype=object)[keep]) if self.paths else ())
 
     def without_columns(self, columns: list[int]) -> "Scored":
         """The same photos with those classes' logits at -inf (classes replaced or removed)."""
@@ -243,9 +238,6 @@ class Scored:
 
     def embedding_of(self) -> dict[str, np.ndarray]:
         return dict(zip(self.paths, self.embeddings))
-
-    def decoded_of(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.paths, self.images)) if self.images is not None else {}
 
 
 class _Grid:
@@ -377,7 +369,7 @@ def _validation_photos(predictor: KerasPredictor, split: dict | None) -> Scored 
     kept = [i for i, path in enumerate(validation.paths) if path not in failed]
     outputs = predictor.outputs(images)
     return Scored(outputs["embedding"], outputs["logits"], np.asarray(validation.labels)[kept],
-                  tuple(validation.paths[i] for i in kept), images)
+                  tuple(validation.paths[i] for i in kept))
 
 
 def trained_means(layer, dropped_columns: list[int]) -> np.ndarray | None:

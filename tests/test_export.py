@@ -173,29 +173,6 @@ def test_latency_leaves_out_the_first_call_which_traces_or_warms_up():
     assert parity.latency(call, images=0) == 0.0
 
 
-def test_export_takes_the_callers_decoded_held_out_photos_instead_of_reading_them(trained, tmp_path, monkeypatch):
-    from retail_vision import run_directory
-    from retail_vision.artifacts import load_images, load_predictor
-
-    result, _, _ = trained
-    held_out = run_directory.read_split(result.run_dir)["validation"]
-    predictor = load_predictor(result.run_dir)
-    images, failures = load_images(held_out.paths, predictor.image_size, predictor.resize)
-    assert not failures
-    decoded = dict(zip(held_out.paths, images))
-
-    def read_again(paths, *args, **kwargs):
-        raise AssertionError(f"held-out photos read again: {paths[:2]}")
-
-    monkeypatch.setattr(exporter, "load_images", read_again)
-    report = export_model(result.run_dir, output=str(tmp_path / "given"), decoded=decoded).report
-    assert report["held_out_images"] == len(held_out.paths)
-    # A photo the caller did not decode: every one is read, as without `decoded`.
-    del decoded[held_out.paths[0]]
-    with pytest.raises(AssertionError, match="read again"):
-        export_model(result.run_dir, output=str(tmp_path / "partial"), decoded=decoded)
-
-
 def test_export_of_a_run_whose_photos_moved_says_so(trained, tmp_path):
     result, _, _ = trained
     run_dir = tmp_path / "run"

@@ -59,7 +59,6 @@ def export_model(
     report_extra: dict | None = None,
     embedders_from: str | None = None,
     embeddings: dict[str, np.ndarray] | None = None,
-    decoded: dict[str, np.ndarray] | None = None,
     recalibrate: bool = False,
 ) -> ExportResult:
     """Export a run directory, a `.keras` file or a Keras model in hand (`fit(...).predictor`).
@@ -72,8 +71,6 @@ def export_model(
     source): its embedder files are copied instead of converted again.
     `embeddings`: {held-out file: its embedding through this backbone}, when the caller has them
     (`enroll`); a cosine head's outputs then come from them, with no second backbone pass.
-    `decoded`: {held-out file: its uint8 image at the model's size}, when the caller has them
-    (`enroll`): the held-out photos are not read and decoded again.
     `recalibrate`: fit the temperature again on the held-out photos (`retail-vision export --data`:
     photos nothing was tuned on); the exported graphs carry it, the report says what it changed.
     `output`, `max_int8_drop`, `calibration_images`, `seed`: by default a run's own recipe's
@@ -90,7 +87,7 @@ def export_model(
     classifier, labels, resize = source.predictor.model, source.predictor.labels, source.predictor.resize
     size = int(classifier.input_shape[1])
     held_out_examples, calibration_paths = _held_out_and_calibration(source, data, calibration_images, seed)
-    images, failures = _held_out_images(held_out_examples.paths, size, resize, decoded)
+    images, failures = load_images(held_out_examples.paths, size, resize)
     if failures and len(failures) == len(held_out_examples.paths):
         path, reason = failures[0]
         raise UserError(f"held-out images: none of the {len(failures)} can be read ({path}: {reason}); a run "
@@ -302,13 +299,6 @@ def _recalibrated(classifier, held_out: HeldOut, classes: int):
     batches = [(held_out.images[i : i + 32].astype(np.float32), one_hot[held_out.labels[i : i + 32]])
                for i in range(0, len(held_out.labels), 32)]
     return copy, calibrate(copy, batches)
-
-
-def _held_out_images(paths: list[str], size: int, resize: str, decoded: dict[str, np.ndarray] | None):
-    """(uint8 images, failures) as `load_images` gives them: the caller's decoded images when it has every one."""
-    if decoded and all(path in decoded for path in paths):
-        return np.stack([decoded[path] for path in paths]), []
-    return load_images(paths, size, resize)
 
 
 def _open_world_outputs(classifier, labels: list[str], held_out: HeldOut,
