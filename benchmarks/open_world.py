@@ -179,19 +179,18 @@ class RelativeMahalanobis:
         import numpy as np
         from sklearn.covariance import LedoitWolf
 
-        self.means = np.stack([train[labels == c].mean(axis=0) for c in np.unique(labels)])
-        within = LedoitWolf().fit(train - self.means[labels])
-        background = LedoitWolf().fit(train)
-        # Whitened coordinates: the squared distance becomes a squared Euclidean one.
-        self.within = np.linalg.cholesky(within.precision_)
-        self.background = np.linalg.cholesky(background.precision_)
-        self.centre = background.location_
+        _, index = np.unique(labels, return_inverse=True)
+        means = np.stack([train[index == c].mean(axis=0) for c in range(index.max() + 1)])
+        # Whitened by the shared covariance, each squared distance to a class mean is a squared
+        # Euclidean one: one matrix product for every photo and class (scipy's cdist takes each pair alone).
+        self.whiten = np.linalg.cholesky(LedoitWolf().fit(train - means[index]).precision_)
+        self.means = means @ self.whiten
+        self.background = LedoitWolf().fit(train)
 
     def __call__(self, embeddings):
-        x, means = embeddings @ self.within, self.means @ self.within
-        to_class = (x**2).sum(axis=1)[:, None] - 2 * x @ means.T + (means**2).sum(axis=1)[None]
-        to_all = (((embeddings - self.centre) @ self.background) ** 2).sum(axis=1)
-        return -(to_class.min(axis=1) - to_all)
+        x = embeddings @ self.whiten
+        to_class = (x**2).sum(axis=1)[:, None] - 2 * x @ self.means.T + (self.means**2).sum(axis=1)[None]
+        return -(to_class.min(axis=1) - self.background.mahalanobis(embeddings))
 
 
 def enroll_table(run_dir: str, work: str, new: list[str], folders: dict, known_val: Photos, seed: int,
@@ -333,8 +332,9 @@ def main() -> None:
     known_val_pairs = [(p, n) for n in known for p in photos("val", n, folders)]
     known_val = Photos([p for p, _ in known_val_pairs], [n for _, n in known_val_pairs], size, resize)
     if "reject" in stages:
-        unknown_pairs = [(p, n) for n in new for split in ("train", "val") for p in photos(split, n, folders)]
-        in_val = [split == "val" for n in new for split in ("train", "val") for _ in photos(split, n, folders)]
+        unknown_photos = [(p, n, split) for n in new for split in ("train", "val") for p in photos(split, n, folders)]
+        unknown_pairs = [(p, n) for p, n, _ in unknown_photos]
+        in_val = [split == "val" for _, _, split in unknown_photos]
         train_pairs = [(p, n) for n in known for p in photos("train", n, folders)]
         rows = rejection_table(run_dir, known_val, Photos([p for p, _ in unknown_pairs], [n for _, n in unknown_pairs],
                                                           size, resize),

@@ -168,9 +168,9 @@ def test_latency_leaves_out_the_first_call_which_traces_or_warms_up():
         if len(calls) == 1:
             time.sleep(0.5)
 
-    assert parity.latency(call, images=100) < 50  # milliseconds: the slow call is not in the median
+    assert parity.latency(call, count=100) < 50  # milliseconds: the slow call is not in the median
     assert len(calls) == 1 + parity.LATENCY_IMAGES
-    assert parity.latency(call, images=0) == 0.0
+    assert parity.latency(call, count=0) == 0.0
 
 
 def test_export_of_a_run_whose_photos_moved_says_so(trained, tmp_path):

@@ -54,13 +54,14 @@ def measure(artifact: str, files: list[str], predict: Callable, held_out: HeldOu
     return row, probabilities
 
 
-def latency(call: Callable[[int], object], images: int) -> float:
-    """Milliseconds of `call(i)` on one image i: the median over the first LATENCY_IMAGES, after an untimed call."""
-    if not images:
+def latency(call: Callable[[int], object], count: int) -> float:
+    """Milliseconds of `call(i)` on image i of `count`: the median over the first LATENCY_IMAGES, after an
+    untimed call."""
+    if not count:
         return 0.0
     call(0)
     seconds = []
-    for i in range(min(images, LATENCY_IMAGES)):
+    for i in range(min(count, LATENCY_IMAGES)):
         started = time.perf_counter()
         call(i)
         seconds.append(time.perf_counter() - started)

@@ -25,6 +25,18 @@ from retail_vision.data.pipeline import decode_image, resize_image
 from retail_vision.rejection import UNKNOWN_LABEL, Rejection, rejection_scores
 
 
+def weights_module(classifier) -> tf.Module:
+    """A module holding the classifier's weights as their own tf.Variables, which traced functions capture.
+
+    Saved (or converted) from it, each weight is stored once: Keras's ExportArchive also tracks their
+    Keras wrappers and saves every weight twice (keras-team/keras#23553: a SavedModel twice the size,
+    and twice the memory in TF Serving).
+    """
+    module = tf.Module()
+    module.variables_to_save = [variable.value for variable in classifier.variables]
+    return module
+
+
 def write_saved_model(classifier, labels: list[str], directory: str, resize: str = "crop",
                       rejection: Rejection | None = None, top_k: int = 5) -> None:
     size = int(classifier.input_shape[1])
@@ -60,11 +72,7 @@ def write_saved_model(classifier, labels: list[str], directory: str, resize: str
         )
 
     bytes_spec = [tf.TensorSpec([None], tf.string, name="image_bytes")]
-    module = tf.Module()
-    # The weights' own tf.Variables, which the endpoints capture: each is saved once. (Keras's
-    # ExportArchive also tracks their Keras wrappers and saves every weight twice,
-    # keras-team/keras#23553: a SavedModel twice the size, and twice the memory in TF Serving.)
-    module.variables_to_save = [variable.value for variable in classifier.variables]
+    module = weights_module(classifier)
     module.serve_bytes = tf.function(lambda image_bytes: outputs(decoded(image_bytes)), input_signature=bytes_spec)
     module.serve_images = tf.function(
         outputs, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])

@@ -47,23 +47,22 @@ OUTPUTS = ("probabilities", "embedding")
 def convert(classifier, quantization: Quantization, output: str = "probabilities") -> bytes:
     """Convert the Keras classifier (0..255 float input) to a TFLite flatbuffer of one output.
 
-    The converter takes the traced function straight away, its weights tracked as the plain
-    tf.Variables under the Keras ones (as `write_saved_model` saves them): no SavedModel is
-    written and read back first (what keras.src.export.litert does), which took most of a
-    float32 conversion of EfficientNet-Lite2.
+    The converter takes the traced function straight away, its weights held as `write_saved_model`
+    holds them: no SavedModel is written and read back first (what keras.src.export.litert does),
+    which took most of a float32 conversion of EfficientNet-Lite2.
     """
     from retail_vision.classifier import open_world_outputs
+    from retail_vision.export.saved_model import weights_module
 
     model = open_world_outputs(classifier)
     size = int(classifier.input_shape[1])
     # int8: a float input calibrated on 0..255 pixels becomes a uint8 input with scale 1 and
     # zero point 0, so the device feeds raw pixels and every op inside runs in int8.
     input_dtype = tf.float32 if quantization.kind == "int8" else tf.uint8
-    weights = tf.Module()
-    weights.variables_to_save = [variable.value for variable in classifier.variables]
     function = tf.function(lambda image: {output: model(tf.cast(image, tf.float32), training=False)[output]},
                            input_signature=[tf.TensorSpec([1, size, size, 3], input_dtype, name="image")])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], weights)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()],
+                                                                weights_module(classifier))
     if quantization.kind != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization.kind == "float16":
