@@ -45,8 +45,10 @@ def write_saved_model(classifier, labels: list[str], directory: str, resize: str
     model = open_world_outputs(classifier)
     directions = tf.constant(class_directions(classifier)) if rejection is not None else None
 
+    # Traced once, as a function every signature calls: the graph is stored once, not once per signature.
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     def outputs(images):
-        result = model(tf.cast(images, tf.float32), training=False)
+        result = model(images, training=False)
         probabilities = result["probabilities"]
         scores, indices = tf.math.top_k(probabilities, k=k)
         ranked = tf.gather(label_table, indices)
@@ -73,14 +75,14 @@ def write_saved_model(classifier, labels: list[str], directory: str, resize: str
 
     bytes_spec = [tf.TensorSpec([None], tf.string, name="image_bytes")]
     module = weights_module(classifier)
-    module.serve_bytes = tf.function(lambda image_bytes: outputs(decoded(image_bytes)), input_signature=bytes_spec)
-    module.serve_images = tf.function(
-        outputs, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+    module.serve_bytes = tf.function(lambda image_bytes: outputs(decoded(image_bytes)), input_signature=bytes_spec,
+                                     autograph=False)
+    module.serve_images = tf.function(lambda images: outputs(tf.cast(images, tf.float32)), autograph=False,
+                                      input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
     signatures = {"serving_default": module.serve_bytes, "serve_images": module.serve_images}
     if "embedding" in model.output:
-        module.embed = tf.function(
-            lambda image_bytes: {"embedding": model(decoded(image_bytes), training=False)["embedding"]},
-            input_signature=bytes_spec)
+        module.embed = tf.function(lambda image_bytes: {"embedding": outputs(decoded(image_bytes))["embedding"]},
+                                   input_signature=bytes_spec, autograph=False)
         signatures["embed"] = module.embed
     tf.saved_model.save(module, directory, signatures=signatures)
     os.makedirs(os.path.join(directory, "assets"), exist_ok=True)

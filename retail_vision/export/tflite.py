@@ -60,7 +60,8 @@ def convert(classifier, quantization: Quantization, output: str = "probabilities
     # zero point 0, so the device feeds raw pixels and every op inside runs in int8.
     input_dtype = tf.float32 if quantization.kind == "int8" else tf.uint8
     function = tf.function(lambda image: {output: model(tf.cast(image, tf.float32), training=False)[output]},
-                           input_signature=[tf.TensorSpec([1, size, size, 3], input_dtype, name="image")])
+                           input_signature=[tf.TensorSpec([1, size, size, 3], input_dtype, name="image")],
+                           autograph=False)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()],
                                                                 weights_module(classifier))
     if quantization.kind != "float32":
