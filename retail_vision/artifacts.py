@@ -71,7 +71,7 @@ class KerasPredictor(Predictor):
         self.model = model
         # A plain call, not model.predict: under a tf.distribute strategy (a model just trained
         # with one), predict splits and re-joins batches; a direct call computes each image once.
-        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
         self._outputs = None  # the open-world outputs model, built on first use
 
     def predict(self, images, batch_size: int = 32):
@@ -90,7 +90,7 @@ class KerasPredictor(Predictor):
                 raise UserError("this model predates embeddings and unknown-product rejection (its head has no "
                                 "logits layer); train it again with this version of retail-vision")
             outputs = open_world_outputs(self.model)
-            self._outputs = tf.function(lambda x: outputs(x, training=False), reduce_retracing=True)
+            self._outputs = tf.function(lambda x: outputs(x, training=False), reduce_retracing=True, autograph=False)
         return _joined_batches(self._outputs, np.asarray(images, np.float32), batch_size)
 
     def classify(self, images) -> Classified:
@@ -282,14 +282,11 @@ def _joined_batches(call, images: np.ndarray, batch_size: int) -> dict[str, np.n
 
 def _file_rejection(path: str) -> Rejection | None:
     """The version's rejection, with the probability threshold export set for this very file (int8 rounds)."""
-    import json
-
     folder = os.path.dirname(os.path.abspath(path))
-    rejection, report = Rejection.read(folder), os.path.join(folder, "export_report.json")
-    if rejection is None or not os.path.isfile(report):
+    rejection, report = Rejection.read(folder), run_directory.read_json(folder, run_directory.EXPORT_REPORT_FILE)
+    if rejection is None or report is None:
         return rejection
-    with open(report, encoding="utf-8") as handle:
-        rows = json.load(handle)["artifacts"]
+    rows = report["artifacts"]
     threshold = next((r.get("score_threshold") for r in rows if r["files"] == [os.path.basename(path)]), None)
     return dataclasses.replace(rejection, probability_threshold=threshold) if threshold is not None else rejection
 
@@ -300,36 +297,25 @@ def _folder(path: str) -> str:
 
 def resize_mode(path: str) -> str:
     """The training `data.resize`, from the run's recipe or the export report beside the artifact."""
-    import json
-
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     recipe = run_directory.saved_recipe(folder)
-    report_file = os.path.join(folder, "export_report.json")
     if recipe is not None:
         return recipe.get("data", {}).get("resize", "crop")
-    if os.path.isfile(report_file):
-        with open(report_file, encoding="utf-8") as handle:
-            return json.load(handle).get("resize", "crop")
-    return "crop"
+    report = run_directory.read_json(folder, run_directory.EXPORT_REPORT_FILE)
+    return report.get("resize", "crop") if report is not None else "crop"
 
 
 def load_images(paths: list[str], size: int, resize: str = "crop") -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode and resize image files like the training pipeline; returns (uint8 images, failures).
 
-    A file that cannot be decoded is reported as (path, reason) and left out; the rest load.
+    A file that cannot be decoded is reported as (path, reason) and left out; the rest load. The
+    files are checked and decoded in parallel, by the scan and the training pipeline themselves.
     """
-    import tensorflow as tf
+    from retail_vision.data import pipeline, scan
+    from retail_vision.data.sources import Examples
 
-    from retail_vision.data.pipeline import load_and_resize
-    from retail_vision.data.scan import inspect_image
-
-    images, failures = [], []
-    for path in paths:
-        reason, orientation = inspect_image(path)
-        if reason:
-            failures.append((path, reason))
-            continue
-        image = load_and_resize(tf.constant(os.fsencode(path)), size, resize, orientation)
-        images.append(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
-    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return stacked, failures
+    usable, skipped = scan.scan(Examples(list(paths), [0] * len(paths), ["image"]))
+    batches = pipeline.without_autotune_thread(pipeline.files_dataset(usable, size, resize).batch(64))
+    images = [np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8) for batch, _ in batches]
+    stacked = np.concatenate(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, [(file.path, file.reason) for file in skipped]

@@ -34,6 +34,7 @@ RECIPE_FILE = "recipe.yaml"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 SPLIT_FILE = "split.json"
+EXPORT_REPORT_FILE = "export_report.json"  # an export version's parity table and what it measured
 REPORT_FOLDER = "report"
 TEST_REPORT_FOLDER = "report-test"
 
@@ -83,6 +84,15 @@ def write_text(run_dir: str, filename: str, text: str) -> None:
 
 def write_json(run_dir: str, filename: str, value) -> None:
     write_text(run_dir, filename, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(folder: str, filename: str):
+    """The JSON document `filename` in `folder`; None if there is no such file."""
+    path = os.path.join(folder, filename)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def split_json(data) -> str:

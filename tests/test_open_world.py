@@ -184,9 +184,12 @@ def test_enroll_adds_a_class_that_every_artifact_names(world, enrolled_world, tm
     assert {"tiny.float32.tflite", "tiny.int8.tflite", "tiny.embedder.int8.tflite", "rejection.json"} <= set(
         os.listdir(new_version))
     report = json.loads(open(os.path.join(new_version, "export_report.json")).read())
-    embedder = "tiny.embedder.int8.tflite"  # the backbone is unchanged: the source's file, checked again
+    embedder = "tiny.embedder.int8.tflite"  # the backbone is unchanged: the source's file and parity row
     assert open(os.path.join(new_version, embedder), "rb").read() == open(os.path.join(version, embedder), "rb").read()
     assert {row["artifact"] for row in report["embedders"]} == {"tflite-embedder:float32", "tflite-embedder:int8"}
+    source = str(output / "tiny" / "1")
+    source_rows = json.loads(open(os.path.join(source, "export_report.json")).read())["embedders"]
+    assert [{**row, "measured_in": source} for row in source_rows] == report["embedders"]
     assert report["enrollment"]["added"] == ["magenta-soap"] and report["enrollment"]["photos"]["magenta-soap"] == 3
     # The tiny backbone's embeddings of any two photos are nearly parallel, so what known classes
     # lose to a prototype is measured on real photos (benchmarks/open_world.py), not here.

@@ -30,7 +30,6 @@ from retail_vision.export.saved_model import write_saved_model
 from retail_vision.recipe import ExportConfig, validated_section
 from retail_vision.rejection import threshold_keeping
 
-REPORT_FILE = "export_report.json"
 DEFAULTS = ExportConfig()  # the recipe's export defaults, for calls that come without a recipe
 # The int8 gate refuses a file when its loss is over the limit with this confidence (one-sided).
 # On the 296 grocery val photos a Lite2 int8 file read 2.4 +- 0.9 points below float, where the
@@ -111,7 +110,7 @@ def export_model(
     model_dir = os.path.join(output, source.name)
     with versioning.staging_folder(model_dir) as staging:
         rows = []
-        call = tf.function(lambda images: classifier(tf.cast(images, tf.float32), training=False))
+        call = tf.function(lambda images: classifier(tf.cast(images, tf.float32), training=False), autograph=False)
         keras_row, reference = parity.measure(
             "keras", source.keras_files, lambda h: call(h.images).numpy(), held_out, None,
             batch_predict=(lambda h: open_world["probabilities"]) if open_world is not None else  # already run
@@ -160,23 +159,25 @@ def export_model(
             rows.append(row)
             if open_world is not None:
                 path = os.path.join(staging, f"{source.name}.embedder.{kind}.tflite")
+                artifact = f"tflite-embedder:{kind}"
                 same = _embedder_file(embedders_from, kind)
-                if same:  # the backbone is unchanged: the same file (its parity is still measured below)
+                if same:  # the backbone is unchanged: the same file, whose embeddings the source measured
                     shutil.copyfile(same, path)
                 else:
                     flatbuffer = tflite.convert(classifier, quantization, output="embedding")
                     if metadata:
                         flatbuffer = tflite_metadata.add_embedder_metadata(flatbuffer, source.name)
                     _write_file(staging, os.path.basename(path), flatbuffer)
-                embedders.append(parity.measure_embedder(f"tflite-embedder:{kind}", path, TFLiteRunner(path).predict,
-                                                         held_out, open_world["embedding"]))
+                measured = _source_row(embedders_from, artifact) if same else None
+                embedders.append(measured or parity.measure_embedder(artifact, path, TFLiteRunner(path).predict,
+                                                                     held_out, open_world["embedding"]))
 
         report = {"name": source.name, "model": source.description, "held_out_images": len(keep), "resize": resize,
                   "max_int8_drop_points": max_int8_drop, "artifacts": rows, "embedders": embedders,
                   "rejection": dataclasses.asdict(rejection) if rejection is not None else None, "notes": notes,
                   "calibration": calibrated.as_metrics() if calibrated else None,
                   **(report_extra or {})}
-        run_directory.write_json(staging, REPORT_FILE, report)
+        run_directory.write_json(staging, run_directory.EXPORT_REPORT_FILE, report)
         print(parity.format_table(rows + embedders), file=sys.stderr)
         _check_int8(rows, max_int8_drop, allow_drop)
         version_dir = versioning.publish(staging, model_dir)
@@ -320,6 +321,13 @@ def _embedder_file(folder: str | None, kind: str) -> str | None:
         return None
     found = [name for name in os.listdir(folder) if name.endswith(f".embedder.{kind}.tflite")]
     return os.path.join(folder, found[0]) if len(found) == 1 else None
+
+
+def _source_row(folder: str, artifact: str) -> dict | None:
+    """The embedder row of `folder`'s export report, marked as measured there; None if it has none."""
+    report = run_directory.read_json(folder, run_directory.EXPORT_REPORT_FILE) or {}
+    row = next((row for row in report.get("embedders", []) if row["artifact"] == artifact), None)
+    return {**row, "measured_in": os.path.abspath(folder)} if row else None
 
 
 def _write_file(folder: str, name: str, content: bytes) -> str:

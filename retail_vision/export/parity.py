@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-LATENCY_IMAGES = 20  # latency is the median of this many single-image calls
+LATENCY_IMAGES = 10  # latency is the median of this many single-image calls
 
 
 @dataclasses.dataclass
@@ -97,7 +97,8 @@ def format_table(rows: list[dict]) -> str:
         if "top1" not in row:  # an embedder: how close to the Keras embedding
             lines.append(f"{row['artifact']:<24} {row['size_bytes'] / 1e6:>7.2f}MB  cosine to Keras: min "
                          f"{row['min_cosine_to_keras']:.4f}, mean {row['mean_cosine_to_keras']:.4f}  "
-                         f"{row['latency_ms']:>8.2f}")
+                         f"{row['latency_ms']:>8.2f}" + ("  (the source version's file and row)"
+                                                          if "measured_in" in row else ""))
             continue
         change = f"{-row['drop_points']:+.1f}+-{row['drop_se_points']:.1f}" if "drop_points" in row else ""
         lines.append(
