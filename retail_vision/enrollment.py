@@ -240,7 +240,7 @@ class Scored:
         return dict(zip(self.paths, self.embeddings))
 
 
-class _Grid:
+class MapGrid:
     """The (scale, bias, gate) candidates, broadcast as [A, B, G, photos]."""
 
     GATES = (0.0, 0.25, 0.5, 0.75, 1.0)  # shares of the nearest trained class mean's cosine taken off
@@ -258,7 +258,7 @@ class _Grid:
         return float(self.scales[a, 0, 0, 0]), float(self.biases[0, b, 0, 0]), float(self.gates[0, 0, g, 0])
 
 
-def _nearest_mean(embeddings: np.ndarray, means: np.ndarray | None) -> np.ndarray:
+def nearest_mean(embeddings: np.ndarray, means: np.ndarray | None) -> np.ndarray:
     """Each embedding's highest cosine to a class mean (NaN rows of `means`: no mean); 0 without means."""
     if means is None or np.isnan(means).all():
         return np.zeros(len(embeddings))
@@ -271,18 +271,18 @@ def _nll(right: np.ndarray, rivals: np.ndarray) -> np.ndarray:
     return np.mean(np.logaddexp(right, rivals) - right, axis=-1)
 
 
-def known_drop(grid: _Grid, known: Scored, prototypes: np.ndarray, means: np.ndarray | None):
+def known_drop(grid: MapGrid, known: Scored, prototypes: np.ndarray, means: np.ndarray | None):
     """([A, B, G] points of top-1 the known photos lose to the prototypes under each candidate, [A, B, G]
     their negative log-likelihood, the nearest prototype standing for all)."""
     right = known.logits.argmax(axis=1) == known.truth
     own = known.logits[np.arange(len(known.truth)), known.truth]
-    taken = grid.logits((known.embeddings @ prototypes.T).max(axis=1), _nearest_mean(known.embeddings, means))
+    taken = grid.logits((known.embeddings @ prototypes.T).max(axis=1), nearest_mean(known.embeddings, means))
     others = np.where(np.arange(known.logits.shape[1]) == known.truth[:, None], -np.inf, known.logits)
     return (right.mean() - np.mean(right & (own > taken), axis=-1)) * 100, _nll(own, np.logaddexp(
         logsumexp(others, axis=1), taken))
 
 
-def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
+def left_out_recall(grid: MapGrid, enrolled: Scored, means: np.ndarray | None):
     """([A, B, G] share of the enrollment photos recognised by a prototype made without them (leave one
     out), over the classes with 2 or more photos, [A, B, G] their negative log-likelihood, the nearest
     other prototype standing for all); None when no class has 2."""
@@ -297,14 +297,14 @@ def left_out_recall(grid: _Grid, enrolled: Scored, means: np.ndarray | None):
     left_out = sums[truth[rows]] - embeddings[rows]
     own = np.sum(embeddings[rows] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
     cosines[np.arange(len(rows)), truth[rows]] = -np.inf
-    nearest = _nearest_mean(embeddings[rows], means)
+    nearest = nearest_mean(embeddings[rows], means)
     logit = grid.logits(own, nearest)
     rival = grid.logits(cosines.max(axis=1), nearest)  # the nearest other prototype
     recognised = (own > cosines.max(axis=1)) & (logit > enrolled.logits[rows].max(axis=1))
     return np.mean(recognised, axis=-1), _nll(logit, np.logaddexp(logsumexp(enrolled.logits[rows], axis=1), rival))
 
 
-def stand_in_recall(grid: _Grid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,
+def stand_in_recall(grid: MapGrid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,
                     seed: int = 0):
     """(recall, margin) as `left_out_recall` gives them, of known photos recognised when their class
     stands in for a new one: its trained vector and mean dropped, its other photos' prototype in
@@ -337,7 +337,7 @@ def choose_logit_map(known: Scored, enrolled: Scored, prototypes: np.ndarray, me
     the photos breaking ties. The known photos' loss is measured against the real prototypes; the new
     classes' recall by leaving each enrollment photo out of its prototype, or with known classes
     standing in for new ones when every class has one photo."""
-    grid = _Grid(trained_scale, gated=means is not None)
+    grid = MapGrid(trained_scale, gated=means is not None)
     drop, known_nll = known_drop(grid, known, prototypes, means)
     measured, recall_from = left_out_recall(grid, enrolled, means), "enrollment photos, each left out"
     if measured is None:
