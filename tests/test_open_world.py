@@ -200,6 +200,8 @@ def test_enroll_adds_a_class_that_every_artifact_names(world, enrolled_world, tm
     rows = {row["artifact"]: row for row in report["artifacts"]}
     assert rows["saved_model:image_bytes"]["agreement"] == 1.0 and rows["tflite:float32"]["agreement"] == 1.0
     assert rows["keras"]["size_bytes"] == os.path.getsize(os.path.join(new_version, "model.keras"))
+    removed = enroll(new_version, None, remove=("magenta-soap",))  # carried on again: still names where measured
+    assert {row["measured_in"] for row in removed.report["embedders"]} == {source}
     if importlib.util.find_spec("mediapipe"):  # as a device client runs it: MediaPipe, a fresh process
         script = (
             "import sys, mediapipe as mp\n"

@@ -324,10 +324,11 @@ def _embedder_file(folder: str | None, kind: str) -> str | None:
 
 
 def _source_row(folder: str, artifact: str) -> dict | None:
-    """The embedder row of `folder`'s export report, marked as measured there; None if it has none."""
+    """The embedder row of `folder`'s export report, marked with the version that measured it (`folder`, or
+    the one `folder` carried it from); None if it has none."""
     report = run_directory.read_json(folder, run_directory.EXPORT_REPORT_FILE) or {}
     row = next((row for row in report.get("embedders", []) if row["artifact"] == artifact), None)
-    return {**row, "measured_in": os.path.abspath(folder)} if row else None
+    return {"measured_in": os.path.abspath(folder), **row} if row else None
 
 
 def _write_file(folder: str, name: str, content: bytes) -> str:
