@@ -12,6 +12,7 @@ This is the layer below `export` and `evaluation`: it loads, it never writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -308,14 +309,40 @@ def resize_mode(path: str) -> str:
 def load_images(paths: list[str], size: int, resize: str = "crop") -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode and resize image files like the training pipeline; returns (uint8 images, failures).
 
-    A file that cannot be decoded is reported as (path, reason) and left out; the rest load. The
-    files are checked and decoded in parallel, by the scan and the training pipeline themselves.
+    A file that cannot be decoded is reported as (path, reason) and left out; the rest load. Files
+    are checked and decoded in threads (Pillow and a traced TensorFlow function release the GIL).
     """
-    from retail_vision.data import pipeline, scan
-    from retail_vision.data.sources import Examples
+    from concurrent.futures import ThreadPoolExecutor
 
-    usable, skipped = scan.scan(Examples(list(paths), [0] * len(paths), ["image"]))
-    batches = pipeline.without_autotune_thread(pipeline.files_dataset(usable, size, resize).batch(64))
-    images = [np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8) for batch, _ in batches]
-    stacked = np.concatenate(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return stacked, [(file.path, file.reason) for file in skipped]
+    import tensorflow as tf
+
+    from retail_vision.data.scan import inspect_image
+
+    decode = _decoder(size, resize)
+
+    def load(path: str) -> tuple[np.ndarray | None, str | None]:
+        reason, orientation = inspect_image(path)
+        if reason:
+            return None, reason
+        return decode(tf.constant(os.fsencode(path)), tf.constant(orientation, tf.int32)).numpy(), None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        loaded = list(pool.map(load, paths))
+    images = [image for image, _ in loaded if image is not None]
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, [(path, reason) for path, (_, reason) in zip(paths, loaded) if reason]
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder(size: int, resize: str):
+    """The training pipeline's decode and resize, traced once per size and mode, rounded to uint8."""
+    import tensorflow as tf
+
+    from retail_vision.data.pipeline import load_and_resize
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+    def decode(path, orientation):
+        image = load_and_resize(path, size, resize, orientation)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)  # tf.round, like np.round: half to even
+
+    return decode
