@@ -1,6 +1,7 @@
 """Would enrollment do better on a multi-scale embedding? A measurement on the open-world benchmark's run.
 
     python benchmarks/multiscale_enrollment.py [--work DIR] [--layer NAME] [--weights 0,0.1,...]
+        (results: benchmarks/results/multiscale_enrollment_<layer>.json)
 
 Runs after `benchmarks/open_world.py --head cosine --stages fit,enroll` (it reads that run and the
 enrollment photos it chose under --work). Not yet what `retail-vision enroll` does: here each new
@@ -123,7 +124,8 @@ def main() -> None:
             row["picked"] = row is best_estimate
         rows += measured
         print(table(measured, list(measured[0])), flush=True)
-    path = write_results("multiscale_enrollment", {"run_dir": runs[-1], "layer": args.layer, "rows": rows})
+    path = write_results(f"multiscale_enrollment_{args.layer}",
+                         {"run_dir": runs[-1], "layer": args.layer, "rows": rows})
     print(f"results: {path}")
 
 
