@@ -1,7 +1,7 @@
 """Would enrollment do better on a multi-scale embedding? A measurement on the open-world benchmark's run.
 
     python benchmarks/multiscale_enrollment.py [--work DIR] [--layer NAME] [--weights 0,0.1,...]
-        (results: benchmarks/results/multiscale_enrollment_<layer>.json)
+        [--seed N] (results: benchmarks/results/multiscale_enrollment_cosine[-seedN]_<layer>.json)
 
 Runs after `benchmarks/open_world.py --head cosine --stages fit,enroll` (it reads that run and the
 enrollment photos it chose under --work). Not yet what `retail-vision enroll` does: here each new
@@ -56,13 +56,16 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/retail-vision-open-world")
     parser.add_argument("--layer", default="block6a_expand_conv", help="the backbone layer whose input is pooled")
     parser.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5", help="the candidates for w")
+    parser.add_argument("--seed", type=int, default=0, help="the class split, as open_world.py's --seed")
     args = parser.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
-    runs = sorted(glob.glob(os.path.join(args.work, "runs-known-cosine", "grocery_known-*")))
+    tag = "cosine" + (f"-seed{args.seed}" if args.seed else "")
+    runs = sorted(glob.glob(os.path.join(args.work, f"runs-known-{tag}", "grocery_known-*")))
     if not runs:
-        sys.exit(f"{args.work}: no known-class run; run benchmarks/open_world.py --head cosine --stages fit,enroll")
+        sys.exit(f"{args.work}: no known-class run; run benchmarks/open_world.py --head cosine --seed {args.seed} "
+                 "--stages fit,enroll")
 
-    known, new, folders = split_classes()
+    known, new, folders = split_classes(args.seed)
     predictor = load_predictor(runs[-1])
     model = predictor.model
     backbone = model.get_layer("backbone")
@@ -124,7 +127,7 @@ def main() -> None:
             row["picked"] = row is best_estimate
         rows += measured
         print(table(measured, list(measured[0])), flush=True)
-    path = write_results(f"multiscale_enrollment_{args.layer}",
+    path = write_results(f"multiscale_enrollment_{tag}_{args.layer}",
                          {"run_dir": runs[-1], "layer": args.layer, "rows": rows})
     print(f"results: {path}")
 

@@ -344,6 +344,7 @@ def main() -> None:
     if bool(args.overrides) != bool(args.variant):
         parser.error("--set and --variant go together: the variant names where its runs and results go")
     tag = f"{args.head}-{args.variant}" if args.variant else args.head
+    tag += f"-seed{args.seed}" if args.seed else ""  # another split of the classes: its own runs and results
 
     from retail_vision.artifacts import load_predictor
 
