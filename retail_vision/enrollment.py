@@ -9,8 +9,9 @@ head gets one more class vector per product:
   photo), so the raw cosine cannot be compared with the trained logits; the gate g lets a new
   class win a photo only when the photo is nearer its prototype than any trained class's photos.
   (a, b, g) is chosen (`choose_logit_map`) to recognise the enrollment photos best, each left out
-  of its own prototype, while the known validation photos lose at most `max_known_drop` points
-  to the real prototypes.
+  of its own prototype (with one photo a class, known classes stand in, each enrolled from one of
+  its photos), while the known validation photos lose at most `max_known_drop` points to the
+  real prototypes.
 A softmax (Dense) head is refused: prototypes "imprinted" into it (Qi et al., 2018) took every
 known photo on the grocery benchmark, because its vectors act on unnormalised features.
 The calibration temperature is already in the head's weights, so the new vectors share it. The
@@ -295,21 +296,18 @@ def left_out_recall(grid: MapGrid, enrolled: Scored, means: np.ndarray | None):
     unit_sums = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     cosines = embeddings[rows] @ unit_sums.T
     left_out = sums[truth[rows]] - embeddings[rows]
-    own = np.sum(embeddings[rows] * left_out, axis=1) / np.linalg.norm(left_out, axis=1)
-    cosines[np.arange(len(rows)), truth[rows]] = -np.inf
-    nearest = nearest_mean(embeddings[rows], means)
-    logit = grid.logits(own, nearest)
-    rival = grid.logits(cosines.max(axis=1), nearest)  # the nearest other prototype
-    recognised = (own > cosines.max(axis=1)) & (logit > enrolled.logits[rows].max(axis=1))
-    return np.mean(recognised, axis=-1), _nll(logit, np.logaddexp(logsumexp(enrolled.logits[rows], axis=1), rival))
+    cosines[np.arange(len(rows)), truth[rows]] = np.sum(embeddings[rows] * left_out, axis=1) / np.linalg.norm(
+        left_out, axis=1)
+    return _recognised(grid, cosines, truth[rows], nearest_mean(embeddings[rows], means), enrolled.logits[rows])
 
 
-def stand_in_recall(grid: MapGrid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 8,
+def stand_in_recall(grid: MapGrid, known: Scored, means: np.ndarray | None, new_classes: int, rounds: int = 32,
                     seed: int = 0):
-    """(recall, margin) as `left_out_recall` gives them, of known photos recognised when their class
-    stands in for a new one: its trained vector and mean dropped, its other photos' prototype in
-    their place. For one photo per new class, which leaves nothing to leave out. It overstates the
-    recall (the features were trained on these classes). None when fewer than 2 classes have 2 photos."""
+    """(recall, likelihood) as `left_out_recall` gives them, of known photos recognised when their class
+    stands in for a new one enrolled from one photo: its trained vector and mean dropped, one of its
+    photos (drawn each round) the prototype, its other photos scored. For one photo per new class,
+    which leaves nothing to leave out. It overstates the recall (the features were trained on these
+    classes). None when fewer than 2 classes have 2 photos."""
     truth = known.truth
     eligible = [c for c in np.unique(truth) if np.sum(truth == c) >= 2]
     if len(eligible) < 2:
@@ -318,16 +316,34 @@ def stand_in_recall(grid: MapGrid, known: Scored, means: np.ndarray | None, new_
     rng = np.random.default_rng(seed)
     rounds_measured = []
     for _ in range(rounds):
-        group = rng.choice(eligible, group_size, replace=False)
+        group = np.sort(rng.choice(eligible, group_size, replace=False))
         own = np.flatnonzero(np.isin(truth, group))
-        stand_ins = Scored(known.embeddings[own], np.delete(known.logits[own], group, axis=1),
-                           np.searchsorted(np.sort(group), truth[own]))
+        stand_in_truth = np.searchsorted(group, truth[own])
+        chosen = np.array([rng.choice(np.flatnonzero(stand_in_truth == c)) for c in range(group_size)])
+        scored = np.setdiff1d(np.arange(len(own)), chosen)
+        embeddings = known.embeddings[own]
         without_group = None
         if means is not None:
             without_group = means.copy()
             without_group[group] = np.nan
-        rounds_measured.append(left_out_recall(grid, stand_ins, without_group))
+        rounds_measured.append(_recognised(
+            grid, embeddings[scored] @ embeddings[chosen].T, stand_in_truth[scored],
+            nearest_mean(embeddings[scored], without_group), np.delete(known.logits[own[scored]], group, axis=1)))
     return tuple(np.mean(measured, axis=0) for measured in zip(*rounds_measured))
+
+
+def _recognised(grid: MapGrid, cosines: np.ndarray, truth: np.ndarray, nearest: np.ndarray, trained_logits):
+    """([A, B, G] share of photos recognised, [A, B, G] their negative log-likelihood): a photo is recognised
+    when its own prototype (column `truth` of its `cosines` to the prototypes) is nearer than every other
+    and its logit beats every trained class's; the nearest other prototype stands for all rivals in the
+    likelihood."""
+    rows = np.arange(len(truth))
+    own = cosines[rows, truth]
+    others = np.where(np.arange(cosines.shape[1]) == truth[:, None], -np.inf, cosines).max(axis=1)
+    logit = grid.logits(own, nearest)
+    recognised = (own > others) & (logit > trained_logits.max(axis=1))
+    return np.mean(recognised, axis=-1), _nll(logit, np.logaddexp(logsumexp(trained_logits, axis=1),
+                                                                   grid.logits(others, nearest)))
 
 
 def choose_logit_map(known: Scored, enrolled: Scored, prototypes: np.ndarray, means: np.ndarray | None,

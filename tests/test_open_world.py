@@ -385,6 +385,26 @@ def test_the_logit_map_keeps_the_known_classes_within_the_allowed_drop():
     assert choose_logit_map(kept, one_photo, prototypes, without_last, 10.0, 1.0).choice["recall"] > 0
 
 
+def test_known_classes_stand_in_for_one_photo_enrollments_with_one_photo_each():
+    """With one photo per new class there is nothing to leave out, so known classes stand in; their
+    prototypes must come from one photo as well, or the estimate is that of a bigger enrollment."""
+    import numpy as np
+
+    from retail_vision.enrollment import MapGrid, Scored, stand_in_recall
+
+    u, w, v, z = np.eye(4)
+    # Each class: two photos alike and a third unlike them. A prototype from one photo recognises one
+    # of the two others at best; one from the two others (leave one out) would reach two of three.
+    embeddings = np.stack([u, u, w, v, v, z])
+    known = Scored(embeddings, np.zeros((6, 2)), np.repeat([0, 1], 3))  # the rival class's logit: 0
+    grid = MapGrid(10.0, gated=False)
+    recall, _ = stand_in_recall(grid, known, None, new_classes=1)
+    # The candidates that take a photo at cosine 0.7 but not one at 0.
+    takes = (grid.logits(np.array(0.7), 0.0) > 0) & (grid.logits(np.array(0.0), 0.0) < 0)
+    assert takes.any()
+    assert 0 < recall[takes[..., 0]].max() <= 0.5
+
+
 def test_the_runs_report_shows_calibration_before_and_after_the_temperature(enrolled_world):
     result, _ = enrolled_world
     report = os.path.join(result.run_dir, "report")
