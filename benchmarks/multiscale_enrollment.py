@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks._common import table, write_results  # noqa: E402
-from benchmarks.open_world import SHOTS, iconic_image, photos, split_classes  # noqa: E402
+from benchmarks.open_world import SHOTS, default_work, iconic_image, photos, split_classes  # noqa: E402
 
 
 def scored(predictor, middle, pairs: list[tuple[str, str]]) -> dict:
@@ -53,12 +53,13 @@ def main() -> None:
     from retail_vision.enrollment import MAX_KNOWN_DROP, Scored, choose_logit_map, nearest_mean
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="/tmp/retail-vision-open-world")
+    parser.add_argument("--work", help="as open_world.py's (default: /tmp/retail-vision-open-world[-seedN])")
     parser.add_argument("--layer", default="block6a_expand_conv", help="the backbone layer whose input is pooled")
     parser.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5", help="the candidates for w")
     parser.add_argument("--seed", type=int, default=0, help="the class split, as open_world.py's --seed")
     args = parser.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
+    args.work = args.work or default_work(args.seed)
     tag = "cosine" + (f"-seed{args.seed}" if args.seed else "")
     runs = sorted(glob.glob(os.path.join(args.work, f"runs-known-{tag}", "grocery_known-*")))
     if not runs:

@@ -22,7 +22,8 @@ val photos), then:
 --variant: its runs, versions and results file carry the name).
 
 Work files (the class-split folders of links, runs, exported versions) go under --work
-(default: /tmp/retail-vision-open-world), never into the dataset.
+(default: /tmp/retail-vision-open-world, with -seedN for --seed N: one folder per split, as its
+folders of links are the split's), never into the dataset.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ DATASET = os.path.join(REPO, "..", "shared", "datasets", "grocery_store")
 RECIPE = os.path.join(REPO, "recipes", "grocery_store.yaml")
 NEW_CLASSES = 20
 SHOTS = (1, 5, 10)
+
+
+def default_work(seed: int) -> str:
+    """One work folder per class split: its folders of links hold that split's classes."""
+    return "/tmp/retail-vision-open-world" + (f"-seed{seed}" if seed else "")
 
 
 def split_classes(seed: int = 0) -> tuple[list[str], list[str], dict[str, str]]:
@@ -332,7 +338,7 @@ def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Phot
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="/tmp/retail-vision-open-world")
+    parser.add_argument("--work", help="default: /tmp/retail-vision-open-world[-seedN]")
     parser.add_argument("--head", default="cosine", choices=("softmax", "cosine"))
     parser.add_argument("--stages", default="fit,reject,enroll,enroll_int8,retrain")
     parser.add_argument("--seed", type=int, default=0)
@@ -341,6 +347,7 @@ def main() -> None:
     parser.add_argument("--variant", default="", help="names the runs, versions and results of --set overrides")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
+    args.work = args.work or default_work(args.seed)
     if bool(args.overrides) != bool(args.variant):
         parser.error("--set and --variant go together: the variant names where its runs and results go")
     tag = f"{args.head}-{args.variant}" if args.variant else args.head
