@@ -46,14 +46,14 @@ def split_numbers(results: dict) -> dict:
 
 
 def mean_row(rows: list[dict]) -> dict:
-    """Mean +- standard error over the splits of every numeric column all of them have."""
+    """Mean +- standard error over the splits (two or more) of every numeric column all of them have."""
     summary = {"seed": "mean +- SE"}
     for key in rows[0]:
         values = [row.get(key) for row in rows]
         if key == "seed" or not all(isinstance(v, (int, float)) for v in values):
             continue
         mean = statistics.mean(values)
-        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+        error = statistics.stdev(values) / len(values) ** 0.5
         decimals = 1 if abs(mean) >= 1 else 3  # points as points, AUROC and ECE as fractions
         summary[key] = f"{mean:.{decimals}f} +- {error:.{decimals}f}"
     return summary
@@ -70,8 +70,9 @@ def main() -> None:
     for seed in args.seeds:
         path = os.path.join("benchmarks", "results", f"open_world_{tag}{f'-seed{seed}' if seed else ''}.json")
         if not os.path.isfile(path):
+            variant = f" --variant {args.variant} and its --set overrides" if args.variant else ""
             missing.append(f"{path} (python benchmarks/open_world.py --head {args.head} --seed {seed} "
-                           f"--stages fit,reject,enroll)")
+                           f"--stages fit,reject,enroll{variant})")
             continue
         with open(path, encoding="utf-8") as handle:
             rows.append(split_numbers(json.load(handle)))
@@ -82,7 +83,7 @@ def main() -> None:
               ["seed"] + [c for c in columns if c.startswith(("new_top1_", "best_map_"))],
               ["seed"] + [c for c in columns if c.startswith("known_loss_")])
     for group in groups:
-        print(table(rows + [mean_row(rows)], [c for c in group if c in columns]))
+        print(table(rows + ([mean_row(rows)] if len(rows) > 1 else []), [c for c in group if c in columns]))
         print()
 
 
