@@ -2,12 +2,14 @@
 standard error.
 
     python benchmarks/open_world_splits.py [--head cosine] [--variant NAME] [--seeds 0 1 2]
+        [--against [VARIANT]]
 
 Reads what `benchmarks/open_world.py --seed N` wrote (benchmarks/results/open_world_<tag>[-seedN].json,
 stages fit, reject and enroll); runs nothing. One split of 20 new classes is one draw: which
 products are new decides much of what enrollment and rejection can do (a new apple beside trained
 apples is harder than a new milk), so the splits' spread says how far one split's number can be
-trusted.
+trusted. `--against` adds each split's difference from another variant's run on the same split
+(alone: from the shipped recipe), with its mean +- SE: the paired comparison of two recipes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import table  # noqa: E402
 
 DEFAULT_SCORE = "msp"  # recipe.RejectionSpec's default
+FRACTIONS = {"ece", "auroc", "auroc_new_val", "best_auroc", "best_gain"}  # the rest are in points
 
 
 def split_numbers(results: dict) -> dict:
@@ -45,6 +48,11 @@ def split_numbers(results: dict) -> dict:
     return row
 
 
+def formatted(key: str, value: float) -> str:
+    """Points as points, AUROC and ECE as fractions."""
+    return f"{value:.{3 if key in FRACTIONS else 1}f}"
+
+
 def mean_row(rows: list[dict]) -> dict:
     """Mean +- standard error over the splits (two or more) of every numeric column all of them have."""
     summary = {"seed": "mean +- SE"}
@@ -52,11 +60,35 @@ def mean_row(rows: list[dict]) -> dict:
         values = [row.get(key) for row in rows]
         if key == "seed" or not all(isinstance(v, (int, float)) for v in values):
             continue
-        mean = statistics.mean(values)
         error = statistics.stdev(values) / len(values) ** 0.5
-        decimals = 1 if abs(mean) >= 1 else 3  # points as points, AUROC and ECE as fractions
-        summary[key] = f"{mean:.{decimals}f} +- {error:.{decimals}f}"
+        summary[key] = f"{formatted(key, statistics.mean(values))} +- {formatted(key, error)}"
     return summary
+
+
+def differences(rows: list[dict], against: list[dict]) -> list[dict]:
+    """Each split's numbers minus the other recipe's on the same split (the same new classes and photos)."""
+    return [{"seed": row["seed"], **{key: value - other[key] for key, value in row.items()
+                                     if key != "seed" and isinstance(value, (int, float))
+                                     and isinstance(other.get(key), (int, float))}}
+            for row, other in zip(rows, against)]
+
+
+def load_rows(head: str, variant: str, seeds: list[int]) -> list[dict]:
+    """Each seed's acceptance numbers; exits naming every results file missing and the command that writes it."""
+    tag = f"{head}-{variant}" if variant else head
+    rows, missing = [], []
+    for seed in seeds:
+        path = os.path.join("benchmarks", "results", f"open_world_{tag}{f'-seed{seed}' if seed else ''}.json")
+        if not os.path.isfile(path):
+            overrides = f" --variant {variant} and its --set overrides" if variant else ""
+            missing.append(f"{path} (python benchmarks/open_world.py --head {head} --seed {seed} "
+                           f"--stages fit,reject,enroll{overrides})")
+            continue
+        with open(path, encoding="utf-8") as handle:
+            rows.append(split_numbers(json.load(handle)))
+    if missing:
+        sys.exit("no results for:\n  " + "\n  ".join(missing))
+    return rows
 
 
 def main() -> None:
@@ -64,27 +96,24 @@ def main() -> None:
     parser.add_argument("--head", default="cosine", choices=("softmax", "cosine"))
     parser.add_argument("--variant", default="", help="as open_world.py's --variant")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--against", nargs="?", const="", default=None, metavar="VARIANT",
+                        help="also print each split's difference from this variant (alone: the shipped recipe)")
     args = parser.parse_args()
-    tag = f"{args.head}-{args.variant}" if args.variant else args.head
-    rows, missing = [], []
-    for seed in args.seeds:
-        path = os.path.join("benchmarks", "results", f"open_world_{tag}{f'-seed{seed}' if seed else ''}.json")
-        if not os.path.isfile(path):
-            variant = f" --variant {args.variant} and its --set overrides" if args.variant else ""
-            missing.append(f"{path} (python benchmarks/open_world.py --head {args.head} --seed {seed} "
-                           f"--stages fit,reject,enroll{variant})")
-            continue
-        with open(path, encoding="utf-8") as handle:
-            rows.append(split_numbers(json.load(handle)))
-    if missing:
-        sys.exit("no results for:\n  " + "\n  ".join(missing))
+    rows = load_rows(args.head, args.variant, args.seeds)
+    tables = [rows]
+    if args.against is not None:
+        tables.append(differences(rows, load_rows(args.head, args.against, args.seeds)))
     columns = list(rows[0])
     groups = (["seed", "known_val_top1", "ece", "auroc", "auroc_new_val", "best_score", "best_auroc", "best_gain"],
               ["seed"] + [c for c in columns if c.startswith(("new_top1_", "best_map_"))],
               ["seed"] + [c for c in columns if c.startswith("known_loss_")])
-    for group in groups:
-        print(table(rows + ([mean_row(rows)] if len(rows) > 1 else []), [c for c in group if c in columns]))
-        print()
+    for shown, title in zip(tables, ("", f"minus {args.against or 'the shipped recipe'}, split by split:\n")):
+        print(title, end="")
+        for group in groups:
+            kept = [c for c in group if c in shown[0]]
+            print(table([{k: formatted(k, v) if isinstance(v, float) else v for k, v in row.items()} for row in shown]
+                        + ([mean_row(shown)] if len(shown) > 1 else []), kept))
+            print()
 
 
 if __name__ == "__main__":
