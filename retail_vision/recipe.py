@@ -89,6 +89,10 @@ class AugmentConfig(_Section):
     translation: float = Field(0.1, ge=0.0, lt=1.0, description="max shift as a fraction of the size")
     contrast: float = Field(0.1, ge=0.0, lt=1.0, description="max contrast change factor")
     brightness: float = Field(0.1, ge=0.0, lt=1.0, description="max brightness change, fraction of 255")
+    mix: Literal["none", "mixup", "cutmix"] = Field(
+        "none", description="fine-tune phase: blend pairs of training examples and their labels (Keras MixUp, "
+        "alpha 0.2), or paste a patch of one into the other (Keras CutMix); on cached activations when cached"
+    )
 
     @property
     def active(self) -> bool:

@@ -5,10 +5,14 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from retail_vision import Recipe, fit
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.backbone_layers import first_trainable_index
+from retail_vision.recipe import AugmentConfig
+from retail_vision.training import trainer
+from retail_vision.training.augment import build_mixer
 from retail_vision.training.freezing import BackboneFreezer
 
 from conftest import TINY_BACKBONE, tiny_recipe
@@ -330,3 +334,38 @@ def test_fit_calibrates_the_saved_model_and_keeps_every_prediction(image_folder,
     saved = keras.saving.load_model(next((tmp_path / "calibrated").glob("runs/*/model.keras")), safe_mode=True)
     np.testing.assert_allclose(saved.predict(images, verbose=0), after, atol=1e-6)
     assert calibrated.metrics["val_top1"] == plain.metrics["val_top1"]
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_batches_carry_labels_in_the_proportions_of_their_inputs(kind):
+    # Example i is the constant i and of class i, so a mixed row's mean is its labels' weighted classes.
+    mixer = build_mixer(AugmentConfig(mix=kind), seed=0)
+    classes = np.arange(16, dtype="float32")
+    activations = tf.constant(np.broadcast_to(classes[:, None, None, None], (16, 20, 20, 3)))  # a cached grid
+    labels = tf.one_hot(tf.range(16), 16)
+    batches = tf.data.Dataset.from_tensors((activations, labels)).repeat(4).map(mixer)
+    mixed, mixed_labels = (np.concatenate(parts) for parts in zip(*batches.as_numpy_iterator()))
+    np.testing.assert_allclose(mixed_labels.sum(axis=1), 1.0, atol=1e-5)
+    assert (mixed_labels.max(axis=1) < 0.9).sum() >= 4  # pairs were mixed, not passed through
+    error = np.abs(mixed.mean(axis=(1, 2, 3)) - mixed_labels @ classes) / classes.max()
+    # MixUp is exact; Keras's CutMix weighs labels by its box's continuous area, not the grid cells it pastes
+    assert error.mean() < (1e-5 if kind == "mixup" else 0.03)
+
+
+def test_no_mixer_unless_the_recipe_mixes():
+    assert build_mixer(AugmentConfig(), seed=0) is None
+    assert build_mixer(AugmentConfig(enabled=False, mix="mixup"), seed=0) is None
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_only_the_fine_tune_phase_trains_on_mixed_batches(image_folder, tmp_path, monkeypatch, cached):
+    # A "mixer" that zeroes every label makes the cross-entropy 0 wherever it runs.
+    monkeypatch.setattr(trainer, "build_mixer", lambda config, seed: lambda inputs, labels: (inputs, labels * 0))
+    pretrained = tmp_path / "tiny.weights.h5"  # a partial unfreeze needs weights other than 'none'
+    build_classifier(TINY_BACKBONE, 3, "none", image_size=32).get_layer("backbone").save_weights(pretrained)
+    result = run(image_folder, tmp_path, model={"weights": str(pretrained)}, train={
+        **tiny_recipe("", "")["train"],
+        "fine_tune": {"epochs": 2, "learning_rate": 0.05, "unfreeze": "conv2", "cache_activations": cached}})
+    assert (result.metrics["activation_cache"]["at"] == "fine_tune_cut") == cached
+    losses = dict(zip(result.history["phase"], result.history["loss"]))
+    assert losses["head"] > 0.01 and losses["fine_tune"] == 0.0

@@ -7,6 +7,7 @@ accelerator, are active only while training, and never reach a saved or exported
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 
 def build_augmenter(config, seed: int) -> keras.Sequential | None:
@@ -29,3 +30,22 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
     if config.brightness:
         layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 5))
     return keras.Sequential(layers, name="augment")
+
+
+def build_mixer(config, seed: int):
+    """(inputs, one-hot labels) batch -> the same with pairs of examples mixed, or None when `augment.mix` is none.
+
+    A map over training batches, not a layer in the model: it changes the labels too. It takes
+    images or the activations a cached phase trains on (CutMix pastes a patch of their grid).
+    """
+    if not config.enabled or config.mix == "none":
+        return None
+    kind = keras.layers.MixUp if config.mix == "mixup" else keras.layers.CutMix
+    layer = kind(seed=seed + 6, dtype="float32")  # a dataset map: no mixed-precision policy applies
+
+    @tf.autograph.experimental.do_not_convert
+    def mix(inputs, labels):
+        mixed = layer({"images": inputs, "labels": labels})
+        return mixed["images"], mixed["labels"]
+
+    return mix

@@ -29,7 +29,7 @@ from retail_vision.planning import CACHE_FOLDER, Plan, plan
 from retail_vision.recipe import Recipe
 from retail_vision.rejection import Rejection, fit_rejection
 from retail_vision.training import checkpointing, distribution, feature_cache, multi_worker, phases
-from retail_vision.training.augment import build_augmenter
+from retail_vision.training.augment import build_augmenter, build_mixer
 from retail_vision.training.freezing import BackboneFreezer
 
 
@@ -172,6 +172,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
                                       recipe.model.dropout, the_plan.image_size, name=_model_name(recipe.name),
                                       head=recipe.model.head)
         augmenter = build_augmenter(recipe.augment, train.seed)
+    mixer = build_mixer(recipe.augment, train.seed)
     if run_dir is None:
         run_dir = run_directory.create(runs_dir, recipe.name, {
             run_directory.RECIPE_FILE: recipe.to_yaml(),
@@ -184,7 +185,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
     freezer = BackboneFreezer(get_backbone(classifier))
     model_class = multi_worker.TrainingModel if recipe.distribute.strategy == "multi_worker" else keras.Model
     models = _ModelBuilder(cluster, recipe.distribute.strategy)
-    cache = _LazyCache(the_plan, classifier, augmenter, train_ds, val_ds, cluster, models, run_dir)
+    cache = _LazyCache(the_plan, classifier, augmenter, mixer, train_ds, val_ds, cluster, models, run_dir)
     runner = phases.PhaseRunner(classifier, state, train, run_dir, verbose, data.train_count)
 
     if "head" in state.phases_done:
@@ -201,7 +202,7 @@ def _train(the_plan: Plan, run_dir, runs_dir, cluster, verbose) -> RunResult:
             model, train_data, val_data, class_weight = cache.phase_inputs(phase, model_class)
         else:
             model = models.build(lambda: phases.with_augmentation(classifier, augmenter, model_class))
-            train_data, val_data, class_weight = _for_replicas(train_ds, val_ds, the_plan)
+            train_data, val_data, class_weight = _for_replicas(_mixed(train_ds, phase, mixer), val_ds, the_plan)
         with cluster.scope():
             phases.compile_for(model, phase, train, len(data.class_names))
             runner.run(phase, model, train_data, val_data, class_weight)
@@ -267,6 +268,15 @@ def _fit_rejection(classifier, val_ds, config) -> Rejection:
     return rejection
 
 
+def _mixed(train_ds, phase, mixer):
+    """The phase's training batches, pairs of examples mixed (`augment.mix`) in the fine-tune phase only:
+    the head phase of a partial unfreeze trains on pooled features, which have no grid to cut.
+    One batch at a time: the mixer draws from one seed generator, in batch order (train.deterministic)."""
+    if mixer is None or phase.name != "fine_tune":
+        return train_ds
+    return train_ds.map(mixer)
+
+
 def _for_replicas(train_ds, val_ds, the_plan: Plan):
     """(train, val, class weights for fit): batches that give every replica a row, under a strategy."""
     if the_plan.replicas == 1:
@@ -297,9 +307,9 @@ class _LazyCache:
     still caches every validation photo, which the strategy splits as it does uncached batches.
     """
 
-    def __init__(self, the_plan: Plan, classifier, augmenter, train_ds, val_ds, cluster, models: _ModelBuilder,
-                 run_dir: str):
-        self.plan, self.classifier, self.augmenter = the_plan, classifier, augmenter
+    def __init__(self, the_plan: Plan, classifier, augmenter, mixer, train_ds, val_ds, cluster,
+                 models: _ModelBuilder, run_dir: str):
+        self.plan, self.classifier, self.augmenter, self.mixer = the_plan, classifier, augmenter, mixer
         self.val_ds, self.cluster, self.models = val_ds, cluster, models
         self.shard = (cluster.worker, cluster.workers) if cluster.workers > 1 else None
         self.train_ds, self.train_count = train_ds, the_plan.data.train_count
@@ -359,6 +369,7 @@ class _LazyCache:
                 train_data, val_data = self.activations.head_datasets(batch_size, seed, shard)
             else:
                 train_data, val_data = self.activations.fine_tune_datasets(batch_size, seed, shard)
+            train_data = _mixed(train_data, phase, self.mixer)
         if phase.name == "head":
             model = self.models.build(lambda: feature_cache.head_model(self.classifier, model_class))
         else:
