@@ -69,6 +69,8 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
     # the shipped recipe with its fine-tune batches mixed: train top-1 reached 100% by the fifth epoch
     "lite2-320-unfreeze-5a-fine-tune-8-cutmix": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
                                                  "train.fine_tune.epochs=8", "augment.mix=cutmix"],
+    "lite2-320-unfreeze-5a-fine-tune-8-mixup": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
+                                                "train.fine_tune.epochs=8", "augment.mix=mixup"],
     "lite0-320": ["data.image_size=320"],
     "unfreeze-5a": ["train.fine_tune.unfreeze=block5a_expand_conv"],
     "batchnorm-train": ["train.fine_tune.batchnorm=train"],
