@@ -102,7 +102,8 @@ class Plan:
             if phase.name == "fine_tune":
                 layers = (f"backbone layers {self.unfreeze_index}..{self.backbone_layer_count - 1} "
                           f"(from {self.unfreeze_layer!r})" if self.unfreeze_index else "all backbone layers")
-                lines.append(f"  trainable: {layers}, BatchNorm {recipe.train.fine_tune.batchnorm}")
+                lines.append(f"  trainable: {layers}, BatchNorm {recipe.train.fine_tune.batchnorm}"
+                             + (f", batches mixed by {recipe.augment.mixing}" if recipe.augment.mixing else ""))
         if self.cache_bytes:
             where = "pooled features" if self.cache_cut is None else f"the input of {self.unfreeze_layer!r}"
             storage = ("in memory" if self.cache_storage == "memory" else

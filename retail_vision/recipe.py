@@ -100,6 +100,11 @@ class AugmentConfig(_Section):
         settings = (self.flip != "none", self.rotation, self.zoom, self.translation, self.contrast, self.brightness)
         return self.enabled and any(settings)
 
+    @property
+    def mixing(self) -> str | None:
+        """'mixup' or 'cutmix' when the fine-tune phase mixes its batches (`augment.build_mixer`), else None."""
+        return self.mix if self.enabled and self.mix != "none" else None
+
 
 class HeadPhaseConfig(_Section):
     epochs: int = Field(5, ge=0, description="epochs training only the head, backbone frozen")

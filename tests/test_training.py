@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retail_vision import Recipe, fit
+from retail_vision import Recipe, fit, plan
 from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.backbone_layers import first_trainable_index
 from retail_vision.recipe import AugmentConfig
@@ -199,7 +199,6 @@ def test_a_workers_shard_fills_every_epoch_with_the_steps_all_workers_take():
 
 
 def test_cached_fine_tune_needs_a_cut_that_nothing_below_crosses(image_folder, tmp_path):
-    from retail_vision import plan
     from retail_vision.backbone_layers import fine_tune_cut
     from retail_vision.errors import RecipeError
 
@@ -268,7 +267,6 @@ def test_mixed_precision_keeps_a_float32_softmax_and_fit_leaves_no_process_setti
 def test_a_test_split_is_held_out_first_and_scored_once_at_the_end(image_folder, tmp_path):
     import pathlib
 
-    from retail_vision import plan
 
     recipe = Recipe.from_dict(tiny_recipe(image_folder, tmp_path / "runs", data={"test": 0.25}, train={
         **tiny_recipe("", "")["train"], "head": {"epochs": 1, "learning_rate": 0.05}, "fine_tune": {"epochs": 0}}))
@@ -355,6 +353,15 @@ def test_mixed_batches_carry_labels_in_the_proportions_of_their_inputs(kind):
 def test_no_mixer_unless_the_recipe_mixes():
     assert build_mixer(AugmentConfig(), seed=0) is None
     assert build_mixer(AugmentConfig(enabled=False, mix="mixup"), seed=0) is None
+
+
+def test_the_plan_says_when_fine_tune_batches_are_mixed(image_folder, tmp_path):
+    def trainable_line(**augment):
+        described = plan(Recipe.from_dict(tiny_recipe(image_folder, tmp_path, augment=augment))).describe()
+        return next(line for line in described if line.startswith("  trainable:"))
+
+    assert trainable_line(enabled=True, mix="cutmix").endswith(", batches mixed by cutmix")
+    assert "mixed" not in trainable_line(enabled=False, mix="cutmix")
 
 
 @pytest.mark.parametrize("cached", [True, False])

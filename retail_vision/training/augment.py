@@ -38,9 +38,9 @@ def build_mixer(config, seed: int):
     A map over training batches, not a layer in the model: it changes the labels too. It takes
     images or the activations a cached phase trains on (CutMix pastes a patch of their grid).
     """
-    if not config.enabled or config.mix == "none":
+    if config.mixing is None:
         return None
-    kind = keras.layers.MixUp if config.mix == "mixup" else keras.layers.CutMix
+    kind = keras.layers.MixUp if config.mixing == "mixup" else keras.layers.CutMix
     layer = kind(seed=seed + 6, dtype="float32")  # a dataset map: no mixed-precision policy applies
 
     @tf.autograph.experimental.do_not_convert
