@@ -40,8 +40,11 @@ def build_mixer(config, seed: int):
     """
     if config.mixing is None:
         return None
-    kind = keras.layers.MixUp if config.mixing == "mixup" else keras.layers.CutMix
-    layer = kind(seed=seed + 6, dtype="float32")  # a dataset map: no mixed-precision policy applies
+    # dtype: a dataset map, where no mixed-precision policy applies
+    if config.mixing == "mixup":
+        layer = keras.layers.MixUp(alpha=0.2, seed=seed + 6, dtype="float32")
+    else:  # the share pasted is drawn from Beta(1, 1)
+        layer = keras.layers.CutMix(factor=1.0, seed=seed + 6, dtype="float32")
 
     @tf.autograph.experimental.do_not_convert
     def mix(inputs, labels):
