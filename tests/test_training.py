@@ -267,7 +267,6 @@ def test_mixed_precision_keeps_a_float32_softmax_and_fit_leaves_no_process_setti
 def test_a_test_split_is_held_out_first_and_scored_once_at_the_end(image_folder, tmp_path):
     import pathlib
 
-
     recipe = Recipe.from_dict(tiny_recipe(image_folder, tmp_path / "runs", data={"test": 0.25}, train={
         **tiny_recipe("", "")["train"], "head": {"epochs": 1, "learning_rate": 0.05}, "fine_tune": {"epochs": 0}}))
     described = plan(recipe).describe()
