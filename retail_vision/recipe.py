@@ -89,6 +89,10 @@ class AugmentConfig(_Section):
     translation: float = Field(0.1, ge=0.0, lt=1.0, description="max shift as a fraction of the size")
     contrast: float = Field(0.1, ge=0.0, lt=1.0, description="max contrast change factor")
     brightness: float = Field(0.1, ge=0.0, lt=1.0, description="max brightness change, fraction of 255")
+    rand_augment: float = Field(
+        0.0, ge=0.0, le=1.0, description="strength of Keras RandAugment (2 random operations per image, colour and "
+        "geometry); 0 is off"
+    )
     mix: Literal["none", "mixup", "cutmix"] = Field(
         "none", description="fine-tune phase: blend pairs of training examples and their labels (Keras MixUp, "
         "alpha 0.2), or paste a patch of one into the other (Keras CutMix); on cached activations when cached"
@@ -97,7 +101,8 @@ class AugmentConfig(_Section):
     @property
     def active(self) -> bool:
         """Whether any random layer runs (`augment.build_augmenter` builds one per nonzero setting)."""
-        settings = (self.flip != "none", self.rotation, self.zoom, self.translation, self.contrast, self.brightness)
+        settings = (self.flip != "none", self.rotation, self.zoom, self.translation, self.contrast, self.brightness,
+                    self.rand_augment)
         return self.enabled and any(settings)
 
     @property

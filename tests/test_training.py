@@ -12,7 +12,7 @@ from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.backbone_layers import first_trainable_index
 from retail_vision.recipe import AugmentConfig
 from retail_vision.training import trainer
-from retail_vision.training.augment import build_mixer
+from retail_vision.training.augment import DrawnOpsRandAugment, build_augmenter, build_mixer
 from retail_vision.training.freezing import BackboneFreezer
 
 from conftest import TINY_BACKBONE, tiny_recipe
@@ -347,6 +347,22 @@ def test_mixed_batches_carry_labels_in_the_proportions_of_their_inputs(kind):
     error = np.abs(mixed.mean(axis=(1, 2, 3)) - mixed_labels @ classes) / classes.max()
     # MixUp is exact; Keras's CutMix weighs labels by its box's continuous area, not the grid cells it pastes
     assert error.mean() < (1e-5 if kind == "mixup" else 0.03)
+
+
+def test_rand_augment_draws_what_keras_draws_and_runs_only_the_drawn_operations():
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32"))
+    ours, keras_own = (kind(value_range=(0, 255), factor=0.5, seed=3) for kind in (DrawnOpsRandAugment,
+                                                                                   keras.layers.RandAugment))
+    for _ in range(4):  # four draws of operations from the same seeded streams
+        augmented = ours(images, training=True)
+        np.testing.assert_allclose(augmented, keras_own(images, training=True), atol=1e-3)
+        assert np.abs(augmented - images).mean() > 0.1
+    np.testing.assert_array_equal(ours(images, training=False), images)
+    assert any(isinstance(layer, DrawnOpsRandAugment)
+               for layer in build_augmenter(AugmentConfig(rand_augment=0.3), seed=0).layers)
+    assert not any(isinstance(layer, DrawnOpsRandAugment) for layer in build_augmenter(AugmentConfig(), seed=0).layers)
+    assert build_augmenter(AugmentConfig(flip="none", rotation=0, zoom=0, translation=0, contrast=0, brightness=0,
+                                         rand_augment=0.3), seed=0) is not None
 
 
 def test_no_mixer_unless_the_recipe_mixes():

@@ -29,7 +29,32 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
         layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
     if config.brightness:
         layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 5))
+    if config.rand_augment:
+        layers.append(DrawnOpsRandAugment(value_range=(0, 255), factor=config.rand_augment, seed=seed + 7))
     return keras.Sequential(layers, name="augment")
+
+
+class DrawnOpsRandAugment(keras.layers.RandAugment):
+    """Keras's RandAugment (the same draws, the same images) that runs only the operations it draws.
+
+    Keras's own computes all eleven operations for each of its draws and keeps the drawn one:
+    ~2.4 s per batch of 32 photos at 320 px on 2 cores, three times the cost of the frozen layers
+    that the activation cache runs them through. A switch runs the drawn one alone.
+    """
+
+    def transform_images(self, images, transformation, training=True):
+        images = tf.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        operations = [(getattr(self, name), drawn) for name, drawn in transformation["transforms"].items()]
+        for draw in range(self.num_ops):
+            images = tf.switch_case(
+                tf.cast(transformation["layer_idxes"][draw], tf.int32),
+                [lambda layer=layer, drawn=drawn, images=images: tf.cast(layer.transform_images(images, drawn),
+                                                                          self.compute_dtype)
+                 for layer, drawn in operations],
+            )
+        return images
 
 
 def build_mixer(config, seed: int):
