@@ -104,17 +104,26 @@ def test_the_split_name_changes_with_any_photo_s_fold():
     assert accuracy_search.split_name(moved) != accuracy_search.split_name(fold_of)
 
 
-def test_flip_tta_scores_the_runs_own_validation_photos_and_keeps_the_result(tmp_path):
+def test_test_time_augmentation_scores_the_runs_own_validation_photos_and_keeps_the_result(tmp_path, monkeypatch):
     from conftest import tiny_recipe, write_class_folders
     from retail_vision import Recipe, fit
 
     recipe = tiny_recipe(write_class_folders(tmp_path / "photos"), tmp_path / "runs")
     recipe["train"]["fine_tune"]["epochs"] = 0
     result = fit(Recipe.from_dict(recipe), verbose=0)
-    scored = accuracy_search.flip_tta(result.run_dir)
+    monkeypatch.setattr(accuracy_search, "CROPS_MARGIN", 1.0)  # then the five crops are the photo itself
+    scored = accuracy_search.test_time_augmentation(result.run_dir)
     # Without the mirror image it is the model `fit` scored: the same photos, the same top-1.
     assert scored["images"] == result.metrics["val_images"]
     assert scored["top1"] == pytest.approx(result.metrics["val_top1"], abs=1e-6)
+    assert scored["crops_top1"] == scored["top1"]
     assert 0.0 <= scored["flip_top1"] <= 1.0
-    with open(os.path.join(result.run_dir, accuracy_search.FLIP_FILE)) as handle:
+    with open(os.path.join(result.run_dir, accuracy_search.TTA_FILE)) as handle:
         assert json.load(handle) == scored  # a reused run is not scored again
+
+
+def test_a_test_time_augmentation_s_gain_is_paired_fold_by_fold():
+    folds = [{"images": 100, "top1": 0.80, "crops_top1": 0.82}, {"images": 300, "top1": 0.90, "crops_top1": 0.91}]
+    effect = accuracy_search.tta_effect(folds, "crops")
+    assert effect["top1"] == pytest.approx((82 + 273) / 400)
+    assert effect["gain"] == pytest.approx(0.015) and effect["gain_se"] == pytest.approx(0.005)
