@@ -73,6 +73,11 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
                                                  "train.fine_tune.epochs=8", "augment.mix=cutmix"],
     "lite2-320-unfreeze-5a-fine-tune-8-mixup": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
                                                 "train.fine_tune.epochs=8", "augment.mix=mixup"],
+    # the shipped recipe with RandAugment in its cached views, and with twice its fine-tune learning rate
+    "lite2-320-unfreeze-5a-fine-tune-8-ra0.3": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
+                                               "train.fine_tune.epochs=8", "augment.rand_augment=0.3"],
+    "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
+                                                "train.fine_tune.epochs=8", "train.fine_tune.learning_rate=0.0006"],
     "lite0-320": ["data.image_size=320"],
     "unfreeze-5a": ["train.fine_tune.unfreeze=block5a_expand_conv"],
     "batchnorm-train": ["train.fine_tune.batchnorm=train"],
