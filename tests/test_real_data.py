@@ -27,7 +27,7 @@ def test_fit_mobilenet_v3_small_one_epoch_per_phase(tmp_path):
         "--set", "model.backbone=mobilenet_v3_small", "--set", "model.weights=none",
         "--set", "train.head.epochs=1", "--set", "train.fine_tune.epochs=1",
         "--set", "train.fine_tune.unfreeze=all", "--set", "train.early_stopping.patience=0",
-        "--set", "data.image_size=224",  # the recipe's 288 px is for Lite0's accuracy; this checks plumbing
+        "--set", "data.image_size=224",  # the recipe's 320 px is for Lite2's accuracy; this checks plumbing
     ])
     assert result.exit_code == 0, result.output
     run_dir = next(tmp_path.iterdir())
