@@ -349,7 +349,7 @@ def test_mixed_batches_carry_labels_in_the_proportions_of_their_inputs(kind):
     assert error.mean() < (1e-5 if kind == "mixup" else 0.03)
 
 
-def test_rand_augment_draws_what_keras_draws_and_runs_only_the_drawn_operations():
+def test_rand_augment_gives_the_images_keras_s_own_layer_gives_from_the_same_seed():
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32"))
     ours, keras_own = (kind(value_range=(0, 255), factor=0.5, seed=3) for kind in (DrawnOpsRandAugment,
                                                                                    keras.layers.RandAugment))
