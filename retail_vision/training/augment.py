@@ -6,6 +6,8 @@ accelerator, are active only while training, and never reach a saved or exported
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -37,9 +39,8 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
 class DrawnOpsRandAugment(keras.layers.RandAugment):
     """Keras's RandAugment (the same draws, the same images) that runs only the operations it draws.
 
-    Keras's own computes all eleven operations for each of its draws and keeps the drawn one:
-    ~2.4 s per batch of 32 photos at 320 px on 2 cores, three times the cost of the frozen layers
-    that the activation cache runs them through. A switch runs the drawn one alone.
+    Keras's own computes all eleven operations for each of its draws and keeps the drawn one
+    (`python benchmarks/rand_augment_cost.py` times both); a switch runs the drawn one alone.
     """
 
     def transform_images(self, images, transformation, training=True):
@@ -48,12 +49,8 @@ class DrawnOpsRandAugment(keras.layers.RandAugment):
             return images
         operations = [(getattr(self, name), drawn) for name, drawn in transformation["transforms"].items()]
         for draw in range(self.num_ops):
-            images = tf.switch_case(
-                tf.cast(transformation["layer_idxes"][draw], tf.int32),
-                [lambda layer=layer, drawn=drawn, images=images: tf.cast(layer.transform_images(images, drawn),
-                                                                          self.compute_dtype)
-                 for layer, drawn in operations],
-            )
+            branches = [functools.partial(layer.transform_images, images, drawn) for layer, drawn in operations]
+            images = tf.switch_case(tf.cast(transformation["layer_idxes"][draw], tf.int32), branches)
         return images
 
 
