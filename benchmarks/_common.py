@@ -29,8 +29,9 @@ def machine() -> dict:
 def write_results(name: str, results: dict, out_dir: str = "benchmarks/results") -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
-    with open(path, "w") as handle:
+    with open(f"{path}.partial", "w") as handle:  # a killed benchmark leaves the earlier results whole
         json.dump({"machine": machine(), **results}, handle, indent=2)
+    os.replace(f"{path}.partial", path)
     return path
 
 
