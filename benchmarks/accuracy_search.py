@@ -85,6 +85,8 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
     "views-1": ["train.head.augmented_views=1"],
     "fine-tune-20": ["train.fine_tune.epochs=20"],
     "no-augment": ["augment.enabled=false"],
+    # Inception's random resized crop (as the PyTorch peer trained) in place of the zoom and the shift
+    "random-resized-crop": ["augment.crop_area=0.25", "augment.zoom=0", "augment.translation=0"],
     "fine-tune-lr-6e-4": ["train.fine_tune.learning_rate=0.0006"],  # the shipped recipe's since session 20
 }
 

@@ -89,6 +89,10 @@ class AugmentConfig(_Section):
     translation: float = Field(0.1, ge=0.0, lt=1.0, description="max shift as a fraction of the size")
     contrast: float = Field(0.1, ge=0.0, lt=1.0, description="max contrast change factor")
     brightness: float = Field(0.1, ge=0.0, lt=1.0, description="max brightness change, fraction of 255")
+    crop_area: float = Field(
+        1.0, gt=0.0, le=1.0, description="random resized crop: each view keeps a box of a random share of the "
+        "photo's area, from this much to all of it (aspect 3:4 to 4:3), resized back; 1 is off"
+    )
     rand_augment: float = Field(
         0.0, ge=0.0, le=1.0, description="strength of Keras RandAugment (2 random operations per image, colour and "
         "geometry); 0 is off"
@@ -102,7 +106,7 @@ class AugmentConfig(_Section):
     def active(self) -> bool:
         """Whether any random layer runs (`augment.build_augmenter` builds one per nonzero setting)."""
         settings = (self.flip != "none", self.rotation, self.zoom, self.translation, self.contrast, self.brightness,
-                    self.rand_augment)
+                    self.crop_area < 1.0, self.rand_augment)
         return self.enabled and any(settings)
 
     @property

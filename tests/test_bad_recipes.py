@@ -32,6 +32,7 @@ BROKEN = [
     ("augment.rotation", -0.1, "augment.rotation: received -0.1"),
     ("augment.zoom", 2, "augment.zoom: received 2"),
     ("augment.enabled", "off", "augment.enabled: received 'off'"),
+    ("augment.crop_area", 0, "augment.crop_area: received 0"),
     ("augment.rand_augment", 1.5, "augment.rand_augment: received 1.5"),
     ("augment.mix", "blend", "augment.mix: received 'blend'; expected one of 'none', 'mixup', 'cutmix'"),
     ("train.batch_size", 0, "train.batch_size: received 0"),

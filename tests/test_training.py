@@ -12,7 +12,7 @@ from retail_vision.classifier import build_classifier, get_backbone
 from retail_vision.backbone_layers import first_trainable_index
 from retail_vision.recipe import AugmentConfig
 from retail_vision.training import trainer
-from retail_vision.training.augment import DrawnOpsRandAugment, build_augmenter, build_mixer
+from retail_vision.training.augment import DrawnOpsRandAugment, RandomResizedCrop, build_augmenter, build_mixer
 from retail_vision.training.freezing import BackboneFreezer
 
 from conftest import TINY_BACKBONE, tiny_recipe
@@ -366,6 +366,24 @@ def test_rand_augment_gives_the_images_keras_s_own_layer_gives_from_the_same_see
     assert not any(isinstance(layer, DrawnOpsRandAugment) for layer in build_augmenter(AugmentConfig(), seed=0).layers)
     assert build_augmenter(AugmentConfig(flip="none", rotation=0, zoom=0, translation=0, contrast=0, brightness=0,
                                          rand_augment=0.3), seed=0) is not None
+
+
+def test_random_resized_crop_keeps_a_box_of_at_least_its_share_of_each_photo_resized_back():
+    # Channel 0 holds each pixel's column, channel 1 its row: a crop's value ranges are its box
+    columns, rows = np.meshgrid(np.arange(64.0), np.arange(64.0))
+    grid = np.broadcast_to(np.stack([columns, rows, rows], axis=-1), (32, 64, 64, 3)).astype("float32")
+    crop = build_augmenter(AugmentConfig(crop_area=0.3, flip="none", rotation=0, zoom=0, translation=0,
+                                         contrast=0, brightness=0), seed=0)
+    assert [type(layer) for layer in crop.layers] == [RandomResizedCrop]
+    cropped = crop(tf.constant(grid), training=True).numpy()
+    assert cropped.shape == grid.shape
+    width, height = ((cropped[..., c].max(axis=(1, 2)) - cropped[..., c].min(axis=(1, 2))) / 63 for c in (0, 1))
+    assert (width * height >= 0.3 - 0.01).all() and (width * height).min() < 0.6  # small boxes are drawn too
+    unclipped = (width < 1) & (height < 1)
+    assert ((width / height)[unclipped] > 0.75 - 0.02).all() and ((width / height)[unclipped] < 4 / 3 + 0.02).all()
+    assert len(np.unique(cropped[:, 0, 0, 0].round(2))) > 16  # every photo its own box
+    np.testing.assert_array_equal(crop(tf.constant(grid), training=False), grid)
+    assert not any(isinstance(layer, RandomResizedCrop) for layer in build_augmenter(AugmentConfig(), seed=0).layers)
 
 
 def test_no_mixer_unless_the_recipe_mixes():

@@ -7,6 +7,7 @@ accelerator, are active only while training, and never reach a saved or exported
 from __future__ import annotations
 
 import functools
+import math
 
 import keras
 import tensorflow as tf
@@ -17,6 +18,8 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
     if not config.active:
         return None
     layers = []
+    if config.crop_area < 1.0:
+        layers.append(RandomResizedCrop(config.crop_area, seed=seed + 8))
     if config.flip != "none":
         layers.append(keras.layers.RandomFlip(config.flip, seed=seed))
     if config.rotation:
@@ -34,6 +37,40 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
     if config.rand_augment:
         layers.append(DrawnOpsRandAugment(value_range=(0, 255), factor=config.rand_augment, seed=seed + 7))
     return keras.Sequential(layers, name="augment")
+
+
+class RandomResizedCrop(keras.layers.Layer):
+    """A box of each image, of a random share of its area (`min_area` to 1, uniform) and aspect ratio
+    (3:4 to 4:3, log-uniform), resized back to the image's size: Inception's crop, as torchvision's
+    RandomResizedCrop draws it. Keras 3 has no such layer (KerasCV had).
+    """
+
+    def __init__(self, min_area: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.min_area = min_area
+        self.seed = seed
+        # Named seed_generator_state like the Keras layers' streams, so each cached view starts its own draws
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        count = tf.shape(images)[0]
+        area = keras.random.uniform((count,), self.min_area, 1.0, seed=self.seed_generator)
+        aspect = tf.exp(keras.random.uniform((count,), math.log(3 / 4), math.log(4 / 3), seed=self.seed_generator))
+        height = tf.minimum(tf.sqrt(area / aspect), 1.0)  # in shares of the side: the images are square
+        width = tf.minimum(tf.sqrt(area * aspect), 1.0)
+        top = keras.random.uniform((count,), seed=self.seed_generator) * (1.0 - height)
+        left = keras.random.uniform((count,), seed=self.seed_generator) * (1.0 - width)
+        boxes = tf.stack([top, left, top + height, left + width], axis=1)
+        cropped = tf.image.crop_and_resize(images, boxes, tf.range(count), tf.shape(images)[1:3])
+        return tf.cast(cropped, images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "min_area": self.min_area, "seed": self.seed}
 
 
 class DrawnOpsRandAugment(keras.layers.RandAugment):
