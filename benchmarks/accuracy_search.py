@@ -81,6 +81,10 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
                                                 "train.fine_tune.epochs=8", "train.fine_tune.learning_rate=0.0006"],
     "lite0-320": ["data.image_size=320"],
     "unfreeze-5a": ["train.fine_tune.unfreeze=block5a_expand_conv"],
+    "unfreeze-4a": ["train.fine_tune.unfreeze=block4a_expand_conv"],
+    # no stored activations: a fresh augmentation of every photo each epoch (~4x the cached epoch's time)
+    "fresh-augmentation": ["train.fine_tune.cache_activations=false"],
+    "unfreeze-all": ["train.fine_tune.unfreeze=all"],  # nothing to cache below: fresh augmentation too
     "batchnorm-train": ["train.fine_tune.batchnorm=train"],
     "views-1": ["train.head.augmented_views=1"],
     "fine-tune-20": ["train.fine_tune.epochs=20"],
