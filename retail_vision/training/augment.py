@@ -41,8 +41,9 @@ def build_augmenter(config, seed: int) -> keras.Sequential | None:
 
 class RandomResizedCrop(keras.layers.Layer):
     """A box of each image, of a random share of its area (`min_area` to 1, uniform) and aspect ratio
-    (3:4 to 4:3, log-uniform), resized back to the image's size: Inception's crop, as torchvision's
-    RandomResizedCrop draws it. Keras 3 has no such layer (KerasCV had).
+    (3:4 to 4:3, log-uniform), resized back to the image's size: Inception's crop, drawn as
+    torchvision's RandomResizedCrop draws it, except that a side longer than the image is cut to it
+    (torchvision draws again). Keras 3 has no such layer (KerasCV had).
     """
 
     def __init__(self, min_area: float, seed: int | None = None, **kwargs):
