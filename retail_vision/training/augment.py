@@ -50,7 +50,7 @@ class RandomResizedCrop(keras.layers.Layer):
         super().__init__(**kwargs)
         self.min_area = min_area
         self.seed = seed
-        # Named seed_generator_state like the Keras layers' streams, so each cached view starts its own draws
+        # A Keras seed stream, like the other layers': the feature cache moves it so each view draws its own boxes
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
