@@ -79,6 +79,10 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
                                                "train.fine_tune.epochs=8", "augment.rand_augment=0.3"],
     "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
                                                 "train.fine_tune.epochs=8", "train.fine_tune.learning_rate=0.0006"],
+    # the shipped recipe (since session 20) with the random resized crop in place of zoom and shift
+    "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4-rrc": [
+        *LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv", "train.fine_tune.epochs=8",
+        "train.fine_tune.learning_rate=0.0006", "augment.crop_area=0.25", "augment.zoom=0", "augment.translation=0"],
     "lite0-320": ["data.image_size=320"],
     "unfreeze-5a": ["train.fine_tune.unfreeze=block5a_expand_conv"],
     "unfreeze-4a": ["train.fine_tune.unfreeze=block4a_expand_conv"],
