@@ -73,19 +73,33 @@ def differences(rows: list[dict], against: list[dict]) -> list[dict]:
             for row, other in zip(rows, against)]
 
 
-def load_rows(head: str, variant: str, seeds: list[int]) -> list[dict]:
+def multiscale_gains(path: str) -> dict:
+    """What `benchmarks/multiscale_enrollment.py` measured on a split: the picked w's 81-way top-1 of the new
+    classes minus w = 0's (enroll as it is), in points, per number of photos; {} when it has not run."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        rows = json.load(handle)["rows"]
+    plain = {row["shots"]: row["new_top1"] for row in rows if row["w"] == 0}
+    return {f"multiscale_gain_{row['shots']}": 100 * (row["new_top1"] - plain[row["shots"]])
+            for row in rows if row["picked"]}
+
+
+def load_rows(head: str, variant: str, seeds: list[int], multiscale_layer: str) -> list[dict]:
     """Each seed's acceptance numbers; exits naming every results file missing and the command that writes it."""
     tag = f"{head}-{variant}" if variant else head
     rows, missing = [], []
     for seed in seeds:
-        path = os.path.join("benchmarks", "results", f"open_world_{tag}{f'-seed{seed}' if seed else ''}.json")
+        split_tag = f"{tag}{f'-seed{seed}' if seed else ''}"
+        path = os.path.join("benchmarks", "results", f"open_world_{split_tag}.json")
         if not os.path.isfile(path):
             overrides = f" --variant {variant} and its --set overrides" if variant else ""
             missing.append(f"{path} (python benchmarks/open_world.py --head {head} --seed {seed} "
                            f"--stages fit,reject,enroll{overrides})")
             continue
         with open(path, encoding="utf-8") as handle:
-            rows.append(split_numbers(json.load(handle)))
+            rows.append({**split_numbers(json.load(handle)), **multiscale_gains(os.path.join(
+                "benchmarks", "results", f"multiscale_enrollment_{split_tag}_{multiscale_layer}.json"))})
     if missing:
         sys.exit("no results for:\n  " + "\n  ".join(missing))
     return rows
@@ -98,19 +112,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--against", nargs="?", const="", default=None, metavar="VARIANT",
                         help="also print each split's difference from this variant (alone: the shipped recipe)")
+    parser.add_argument("--multiscale-layer", default="block6a_expand_conv",
+                        help="whose multi-scale enrollment results to add, where they exist (multiscale_enrollment.py)")
     args = parser.parse_args()
-    rows = load_rows(args.head, args.variant, args.seeds)
+    rows = load_rows(args.head, args.variant, args.seeds, args.multiscale_layer)
     tables = [rows]
     if args.against is not None:
-        tables.append(differences(rows, load_rows(args.head, args.against, args.seeds)))
+        tables.append(differences(rows, load_rows(args.head, args.against, args.seeds, args.multiscale_layer)))
     columns = list(rows[0])
     groups = (["seed", "known_val_top1", "ece", "auroc", "auroc_new_val", "best_score", "best_auroc", "best_gain"],
               ["seed"] + [c for c in columns if c.startswith(("new_top1_", "best_map_"))],
-              ["seed"] + [c for c in columns if c.startswith("known_loss_")])
+              ["seed"] + [c for c in columns if c.startswith("known_loss_")],
+              ["seed"] + [c for c in columns if c.startswith("multiscale_gain_")])
     for shown, title in zip(tables, ("", f"minus {args.against or 'the shipped recipe'}, split by split:\n")):
         print(title, end="")
         for group in groups:
-            kept = [c for c in group if c in shown[0]]
+            kept = [c for c in group if all(c in row for row in shown)]  # multi-scale: only where every split ran it
             print(table([{k: formatted(k, v) if isinstance(v, float) else v for k, v in row.items()} for row in shown]
                         + ([mean_row(shown)] if len(shown) > 1 else []), kept))
             print()

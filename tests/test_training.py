@@ -118,8 +118,8 @@ def test_uncached_head_phase_still_available(image_folder, tmp_path):
 def test_fine_tune_on_cached_activations_trains_the_full_models_top(image_folder, tmp_path, augment):
     pretrained = tmp_path / "tiny.weights.h5"  # a partial unfreeze needs weights other than 'none'
     build_classifier(TINY_BACKBONE, 3, "none", image_size=32).get_layer("backbone").save_weights(pretrained)
-    augment = {"enabled": augment, "crop_area": 0.5}  # the views cached through every augmentation layer
-    result = run(image_folder, tmp_path, augment=augment, model={"weights": str(pretrained)}, train={
+    section = {"enabled": augment, "crop_area": 0.5}  # the views cached through every augmentation layer
+    result = run(image_folder, tmp_path, augment=section, model={"weights": str(pretrained)}, train={
         **tiny_recipe("", "")["train"], "head": {"epochs": 0, "augmented_views": 2},  # best epoch: a fine-tune one
         "fine_tune": {"epochs": 3, "learning_rate": 0.05, "warmup_epochs": 0, "unfreeze": "conv2",
                       "cache_activations": True}})
@@ -127,7 +127,7 @@ def test_fine_tune_on_cached_activations_trains_the_full_models_top(image_folder
     assert fine_tune["epochs"] == 3
     cache = result.metrics["activation_cache"]
     assert cache["at"] == "fine_tune_cut" and cache["seconds"] > 0
-    assert cache["views"] == (2 if augment["enabled"] else 1)
+    assert cache["views"] == (2 if augment else 1)
     # The full model, evaluated on images, scores exactly what the top scored on cached activations.
     assert result.metrics["val_top1"] == pytest.approx(fine_tune["best_val_top1"], abs=1e-6)
     trained = get_backbone(result.model)
