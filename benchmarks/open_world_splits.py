@@ -128,6 +128,8 @@ def main() -> None:
         print(title, end="")
         for group in groups:
             kept = [c for c in group if all(c in row for row in shown)]  # multi-scale: only where every split ran it
+            if kept == ["seed"]:
+                continue
             print(table([{k: formatted(k, v) if isinstance(v, float) else v for k, v in row.items()} for row in shown]
                         + ([mean_row(shown)] if len(shown) > 1 else []), kept))
             print()
