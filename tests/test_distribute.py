@@ -91,16 +91,18 @@ def test_two_workers_train_and_only_the_chief_keeps_files(tmp_path):
     outputs = _finish(_start_workers(tmp_path, recipe, "--set", "output.runs_dir={folder}/runs", "--set",
                                      "export.enabled=true", "--set", "export.output={folder}/exported",
                                      "--set", f"model.weights={pretrained}", "--set", "train.fine_tune.unfreeze=conv2",
-                                     "--set", "train.fine_tune.cache_activations=true"))
+                                     "--set", "train.fine_tune.cache_activations=true",
+                                     # augmented views, random resized crops among them, cached per shard
+                                     "--set", "augment.enabled=true", "--set", "augment.crop_area=0.5"))
 
     chief, other = tmp_path / "worker0", tmp_path / "worker1"
     (run_dir,) = (chief / "runs").iterdir()
     assert outputs[0][0].splitlines()[-1] == str(run_dir) and str(tmp_path) not in outputs[1][0]
-    # Both phases train on cached activations of the frozen conv1 (the head on their pooled top), each
-    # worker on its own half of the 27 training photos.
+    # Both phases train on cached activations of the frozen conv1 (the head on their pooled top), two augmented
+    # views of each photo, each worker on its own half of the 27 training photos.
     for index, (_, stderr) in enumerate(outputs):
         assert (f"caching the frozen layers' output: the input of conv2, the {14 - index} training photos of "
-                f"shard {index + 1} of 2") in stderr
+                f"shard {index + 1} of 2, 2 view(s) per image") in stderr
     # Epoch logs count both workers' images, so both take the same decisions (best epoch, early stopping).
     val_accuracy = [re.findall(r"val_accuracy: ([0-9.]+)", stdout) for stdout, _ in outputs]
     assert len(val_accuracy[0]) == 4 and val_accuracy[0] == val_accuracy[1]
