@@ -1,6 +1,7 @@
 """What buys accuracy on the grocery photos: recipe variants judged on val and on a k-fold of train.
 
-    python benchmarks/accuracy_search.py [--variants baseline,lite2-320,...] [--folds 3] [--work DIR]
+    python benchmarks/accuracy_search.py [--variants baseline,lite2-320,...] [--against VARIANT] [--folds 3]
+        [--work DIR]
     python benchmarks/accuracy_search.py --variants mine --set model.dropout=0.3 ...   # an ad-hoc variant
     python benchmarks/accuracy_search.py --list                                     # the variants it knows
 
@@ -18,7 +19,10 @@ training photo of its class, median cosine) shows how far each split is from the
 Each variant is `recipes/grocery_store.yaml` as issue 15 found it (EfficientNet-Lite0 at 288 px, the
 top from block6a fine-tuned 10 epochs: the baseline) with `--set`-style overrides of one factor, fitted
 once on train (val top-1 at the best epoch, as `fit` reports it, and the wall time; that run's
-int8 TFLite file against its float model on val, as `export` measures it) and once per fold.
+int8 TFLite file against its float model on val, as `export` measures it) and once per fold (each
+fold run's int8 file too, on its fold's photos: val's 296 photos can tell int8 from float only to
+~1 point). Its effect is the k-fold top-1 minus that of --against (default: the baseline), fold by
+fold, from this search or an earlier one's results file on the same folds.
 Runs go under --work (default /tmp/retail-vision-accuracy), the class folders of each fold
 as links into the dataset, never copies; a variant's finished fits are reused, so an interrupted
 search picks up where it stopped. Results: benchmarks/results/accuracy_<variant>.json; `--json`
@@ -57,32 +61,28 @@ BASELINE = ["model.backbone=efficientnet_lite0", "data.image_size=288", "model.d
             "train.fine_tune.unfreeze=block6a_expand_conv", "train.fine_tune.epochs=10",
             "train.fine_tune.learning_rate=0.0003"]
 LITE2_320 = ["model.backbone=efficientnet_lite2", "data.image_size=320", "model.dropout=0.3"]
+# from block5a each fine-tune epoch takes ~110 s (10 epochs: 2.2x the baseline's fit); fewer fit in 2x,
+# and 8 is the shipped recipe's (sessions 12 to 19; 6e-4 since session 20, crops since session 22)
+LITE2_320_5A_8 = [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv", "train.fine_tune.epochs=8"]
+# Inception's random resized crop (as the issue's PyTorch peer trained) in place of the zoom and the shift
+RESIZED_CROPS = ["augment.crop_area=0.25", "augment.zoom=0", "augment.translation=0"]
 VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
     "baseline": [],
     "lite1": ["model.backbone=efficientnet_lite1"],
     "lite2-320": LITE2_320,
     "lite2-320-unfreeze-5a": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv"],
     "lite2-320-fine-tune-20": [*LITE2_320, "train.fine_tune.epochs=20"],
-    # from block5a each fine-tune epoch takes ~110 s (10 epochs: 2.2x the baseline's fit); fewer fit in 2x,
-    # and 8 is the shipped recipe
     "lite2-320-unfreeze-5a-fine-tune-6": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
                                           "train.fine_tune.epochs=6"],
-    "lite2-320-unfreeze-5a-fine-tune-8": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
-                                          "train.fine_tune.epochs=8"],
-    # the shipped recipe with its fine-tune batches mixed: its train top-1 passes 99% by the fourth fine-tune epoch
-    "lite2-320-unfreeze-5a-fine-tune-8-cutmix": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
-                                                 "train.fine_tune.epochs=8", "augment.mix=cutmix"],
-    "lite2-320-unfreeze-5a-fine-tune-8-mixup": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
-                                                "train.fine_tune.epochs=8", "augment.mix=mixup"],
-    # the shipped recipe with RandAugment in its cached views, and with twice its fine-tune learning rate
-    "lite2-320-unfreeze-5a-fine-tune-8-ra0.3": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
-                                               "train.fine_tune.epochs=8", "augment.rand_augment=0.3"],
-    "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4": [*LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv",
-                                                "train.fine_tune.epochs=8", "train.fine_tune.learning_rate=0.0006"],
-    # the shipped recipe (since session 20) with the random resized crop in place of zoom and shift
-    "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4-rrc": [
-        *LITE2_320, "train.fine_tune.unfreeze=block5a_expand_conv", "train.fine_tune.epochs=8",
-        "train.fine_tune.learning_rate=0.0006", "augment.crop_area=0.25", "augment.zoom=0", "augment.translation=0"],
+    "lite2-320-unfreeze-5a-fine-tune-8": LITE2_320_5A_8,
+    # its fine-tune batches mixed: its train top-1 passes 99% by the fourth fine-tune epoch
+    "lite2-320-unfreeze-5a-fine-tune-8-cutmix": [*LITE2_320_5A_8, "augment.mix=cutmix"],
+    "lite2-320-unfreeze-5a-fine-tune-8-mixup": [*LITE2_320_5A_8, "augment.mix=mixup"],
+    # RandAugment in its cached views, and twice its fine-tune learning rate
+    "lite2-320-unfreeze-5a-fine-tune-8-ra0.3": [*LITE2_320_5A_8, "augment.rand_augment=0.3"],
+    "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4": [*LITE2_320_5A_8, "train.fine_tune.learning_rate=0.0006"],
+    "lite2-320-unfreeze-5a-fine-tune-8-lr6e-4-rrc": [*LITE2_320_5A_8, "train.fine_tune.learning_rate=0.0006",
+                                                     *RESIZED_CROPS],
     "lite0-320": ["data.image_size=320"],
     "unfreeze-5a": ["train.fine_tune.unfreeze=block5a_expand_conv"],
     "unfreeze-4a": ["train.fine_tune.unfreeze=block4a_expand_conv"],
@@ -93,8 +93,7 @@ VARIANTS = {  # name -> recipe overrides, applied after BASELINE's
     "views-1": ["train.head.augmented_views=1"],
     "fine-tune-20": ["train.fine_tune.epochs=20"],
     "no-augment": ["augment.enabled=false"],
-    # Inception's random resized crop (as the issue's PyTorch peer trained) in place of the zoom and the shift
-    "random-resized-crop": ["augment.crop_area=0.25", "augment.zoom=0", "augment.translation=0"],
+    "random-resized-crop": RESIZED_CROPS,
     "fine-tune-lr-6e-4": ["train.fine_tune.learning_rate=0.0006"],  # the shipped recipe's since session 20
 }
 
@@ -277,7 +276,7 @@ def int8_parity(run_dir: str, output: str) -> dict:
         report = export_model(run_dir, output=output, tflite_kinds=("int8",), allow_drop=True).report
     rows = {row["artifact"]: row for row in report["artifacts"]}
     return {"float_top1": rows["keras"]["top1"], "int8_top1": rows["tflite:int8"]["top1"],
-            "int8_mb": rows["tflite:int8"]["size_bytes"] / 1e6}
+            "int8_agreement": rows["tflite:int8"]["agreement"], "int8_mb": rows["tflite:int8"]["size_bytes"] / 1e6}
 
 
 def test_time_augmentation(run_dir: str) -> dict:
@@ -354,6 +353,9 @@ def search_variant(name: str, overrides: list[str], examples, fold_of, work: str
     means = [f["val_top1"] for f in per_fold]
     spread = statistics.stdev(means) / math.sqrt(folds)  # --folds is at least 2
     augmented = [test_time_augmentation(f["run_dir"]) for f in per_fold]
+    # beside the fold's runs folder, not in it: run_fit takes its last entry for the run
+    fold_int8 = [int8_parity(f["run_dir"], os.path.join(work, name, f"{split_name(fold_of)}-fold-{fold + 1}-int8"))
+                 for fold, f in enumerate(per_fold)]
     return {
         "variant": name, "overrides": overrides,
         "val_top1": plain["val_top1"], "val_images": plain["val_images"],
@@ -361,6 +363,8 @@ def search_variant(name: str, overrides: list[str], examples, fold_of, work: str
         "kfold_top1": right / photos, "kfold_images": photos, "kfold_se": spread,
         "kfold_folds": means, "wall_s": plain["wall_s"], "run_dir": plain["run_dir"], **int8,
         **{f"kfold_{kind}": tta_effect(augmented, kind) for kind in ("flip", "crops")},
+        "kfold_int8": {key: sum(p[key] * f["val_images"] for p, f in zip(fold_int8, per_fold)) / photos
+                       for key in ("int8_top1", "float_top1", "int8_agreement")},
     }
 
 
@@ -372,19 +376,19 @@ def tta_effect(augmented: list[dict], kind: str) -> dict:
             "gain": statistics.mean(gains), "gain_se": statistics.stdev(gains) / math.sqrt(len(gains))}
 
 
-def paired_effect(row: dict, baseline: dict) -> dict:
-    """The variant's k-fold top-1 minus the baseline's, fold by fold (same photos): mean and its standard error."""
-    differences = [a - b for a, b in zip(row["kfold_folds"], baseline["kfold_folds"])]
+def paired_effect(row: dict, reference: dict) -> dict:
+    """The variant's k-fold top-1 minus the reference's, fold by fold (same photos): mean and its standard error."""
+    differences = [a - b for a, b in zip(row["kfold_folds"], reference["kfold_folds"])]
     return {"kfold_effect": statistics.mean(differences),
             "kfold_effect_se": statistics.stdev(differences) / math.sqrt(len(differences))}
 
 
-def baseline_row(rows: list[dict], split: str) -> dict | None:
-    """The baseline's row: from this search, or from an earlier one on the same folds."""
+def reference_row(rows: list[dict], name: str, split: str) -> dict | None:
+    """A variant's row: from this search, or from an earlier one on the same folds."""
     for row in rows:
-        if row["variant"] == "baseline":
+        if row["variant"] == name:
             return row
-    path = os.path.join(REPO, "benchmarks", "results", "accuracy_baseline.json")
+    path = os.path.join(REPO, "benchmarks", "results", f"accuracy_{name}.json")
     if os.path.isfile(path):
         with open(path) as handle:
             earlier = json.load(handle)
@@ -398,6 +402,7 @@ def main() -> None:
     parser.add_argument("--variants", default="baseline", help="comma-separated names (--list shows them)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides of an ad-hoc variant (one name in --variants that is not a known one)")
+    parser.add_argument("--against", default="baseline", help="the variant each effect is paired with")
     parser.add_argument("--folds", type=int, default=3, help="folds of train for the second opinion")
     parser.add_argument("--work", default="/tmp/retail-vision-accuracy", help="runs and fold links (not the repo)")
     parser.add_argument("--list", action="store_true", help="print the known variants and their overrides")
@@ -424,9 +429,11 @@ def main() -> None:
     rows = []
     for name in names:
         rows.append(search_variant(name, BASELINE + VARIANTS.get(name, args.set), examples, fold_of, args.work))
-        baseline = baseline_row(rows, split_name(fold_of))
-        if baseline is not None:
-            rows[-1].update(paired_effect(rows[-1], baseline))
+        reference = reference_row(rows, args.against, split_name(fold_of))
+        if reference is not None:
+            rows[-1].update(paired_effect(rows[-1], reference))
+        elif args.against != "baseline":
+            print(f"no effects: {args.against} has no results on {split_name(fold_of)} (search it first)", flush=True)
         write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "split": split_name(fold_of),
                                            "fold_images": np.bincount(fold_of).tolist(), "leak_check": check,
                                            "row": rows[-1]})
@@ -437,10 +444,12 @@ def main() -> None:
                   "kfold_top1": f"{r['kfold_top1']:.3f} +- {r['kfold_se']:.3f}", "wall_s": round(r["wall_s"]),
                   "kfold_effect": f"{r['kfold_effect']:+.3f} +- {r['kfold_effect_se']:.3f}" if "kfold_effect" in r else "",
                   "int8_top1": f"{r['int8_top1']:.3f} ({r['float_top1']:.3f})", "int8_mb": round(r["int8_mb"], 2),
+                  "kfold_int8": f"{r['kfold_int8']['int8_top1']:.3f} ({r['kfold_int8']['float_top1']:.3f}; "
+                                f"{r['kfold_int8']['int8_agreement']:.3f} agree)",
                   **{f"kfold_{kind}_tta": f"{r[f'kfold_{kind}']['top1']:.3f} ({r[f'kfold_{kind}']['gain']:+.3f} +- "
                                           f"{r[f'kfold_{kind}']['gain_se']:.3f})" for kind in ("flip", "crops")}}
                  for r in rows], ["variant", "val_top1", "kfold_top1", "kfold_effect", "kfold_images", "wall_s",
-                                  "int8_top1", "int8_mb", "kfold_flip_tta", "kfold_crops_tta"]))
+                                  "int8_top1", "int8_mb", "kfold_int8", "kfold_flip_tta", "kfold_crops_tta"]))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def test_write_fold_links_every_photo_once_as_validation_and_never_on_both_sides
     assert len(validated) == len(set(validated)) == len(examples.paths)
 
 
-def test_a_variants_effect_is_paired_fold_by_fold_against_a_baseline_on_the_same_folds(tmp_path, monkeypatch):
+def test_a_variants_effect_is_paired_fold_by_fold_against_a_reference_on_the_same_folds(tmp_path, monkeypatch):
     variant = {"variant": "lite2-320", "kfold_folds": [0.89, 0.92, 0.88]}
     baseline = {"variant": "baseline", "kfold_folds": [0.86, 0.90, 0.86]}
     effect = accuracy_search.paired_effect(variant, baseline)
@@ -85,15 +85,20 @@ def test_a_variants_effect_is_paired_fold_by_fold_against_a_baseline_on_the_same
     assert abs(effect["kfold_effect_se"] - np.std([0.03, 0.02, 0.02], ddof=1) / np.sqrt(3)) < 1e-9
 
     split = "scenes-0123abcd"
-    assert accuracy_search.baseline_row([baseline, variant], split) is baseline
+    assert accuracy_search.reference_row([baseline, variant], "baseline", split) is baseline
+    assert accuracy_search.reference_row([baseline, variant], "lite2-320", split) is variant
     monkeypatch.setattr(accuracy_search, "REPO", str(tmp_path))
-    assert accuracy_search.baseline_row([variant], split) is None
+    assert accuracy_search.reference_row([variant], "baseline", split) is None
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     stored = tmp_path / "benchmarks" / "results" / "accuracy_baseline.json"
     stored.write_text(json.dumps({"split": "scenes-ffffffff", "row": baseline}))
-    assert accuracy_search.baseline_row([variant], split) is None  # other folds: not comparable fold by fold
+    assert accuracy_search.reference_row([variant], "baseline", split) is None  # other folds: not comparable
     stored.write_text(json.dumps({"split": split, "row": baseline}))
-    assert accuracy_search.baseline_row([variant], split) == baseline
+    assert accuracy_search.reference_row([variant], "baseline", split) == baseline
+    # any variant searched earlier on the same folds, by its results file (--against)
+    (tmp_path / "benchmarks" / "results" / "accuracy_lite2-320.json").write_text(
+        json.dumps({"split": split, "row": variant}))
+    assert accuracy_search.reference_row([baseline], "lite2-320", split) == variant
 
 
 def test_the_split_name_changes_with_any_photo_s_fold():
