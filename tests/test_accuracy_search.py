@@ -132,3 +132,12 @@ def test_a_test_time_augmentation_s_gain_is_paired_fold_by_fold():
     effect = accuracy_search.tta_effect(folds, "crops")
     assert effect["top1"] == pytest.approx((82 + 273) / 400)
     assert effect["gain"] == pytest.approx(0.015) and effect["gain_se"] == pytest.approx(0.005)
+
+
+def test_the_folds_int8_parity_is_pooled_by_photos_not_averaged_by_fold():
+    folds = [{"int8_top1": 0.9, "float_top1": 0.9, "int8_agreement": 1.0},
+             {"int8_top1": 0.6, "float_top1": 0.8, "int8_agreement": 0.7}]
+    pooled = accuracy_search.pooled(folds, [300, 100])
+    assert abs(pooled["int8_top1"] - (0.9 * 300 + 0.6 * 100) / 400) < 1e-12  # 0.825, not the folds' mean 0.75
+    assert abs(pooled["float_top1"] - 0.875) < 1e-12
+    assert abs(pooled["int8_agreement"] - 0.925) < 1e-12
