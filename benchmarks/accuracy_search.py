@@ -189,7 +189,8 @@ def file_order_split(examples, folds: int):
 
 
 def leak_check(data, train_features, val_features, splits: dict) -> dict:
-    """Median cosine of each validation photo to its class's most similar training photo: val, and each split's folds."""
+    """Median cosine of each validation photo to its class's most similar training photo: val, and each
+    split's folds."""
     import numpy as np
 
     labels = np.asarray(data.train.labels)
@@ -438,15 +439,16 @@ def main() -> None:
             rows[-1].update(paired_effect(rows[-1], reference))
         elif args.against != "baseline":
             print(f"no effects: {args.against} has no results on {split_name(fold_of)} (search it first)", flush=True)
-        write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds, "split": split_name(fold_of),
-                                           "fold_images": np.bincount(fold_of).tolist(), "leak_check": check,
-                                           "row": rows[-1]})
+        write_results(f"accuracy_{name}", {"command": " ".join(sys.argv), "folds": args.folds,
+                                           "split": split_name(fold_of), "fold_images": np.bincount(fold_of).tolist(),
+                                           "leak_check": check, "row": rows[-1]})
     if args.json:
         print(json.dumps({"leak_check": check, "rows": rows}, indent=2))
         return
     print(table([{**r, "val_top1": f"{r['val_top1']:.3f} +- {r['val_se']:.3f}",
                   "kfold_top1": f"{r['kfold_top1']:.3f} +- {r['kfold_se']:.3f}", "wall_s": round(r["wall_s"]),
-                  "kfold_effect": f"{r['kfold_effect']:+.3f} +- {r['kfold_effect_se']:.3f}" if "kfold_effect" in r else "",
+                  "kfold_effect": (f"{r['kfold_effect']:+.3f} +- {r['kfold_effect_se']:.3f}"
+                                   if "kfold_effect" in r else ""),
                   "int8_top1": f"{r['int8_top1']:.3f} ({r['float_top1']:.3f})", "int8_mb": round(r["int8_mb"], 2),
                   "kfold_int8": f"{r['kfold_int8']['int8_top1']:.3f} ({r['kfold_int8']['float_top1']:.3f}; "
                                 f"{r['kfold_int8']['int8_agreement']:.3f} agree)",
