@@ -1,7 +1,7 @@
 """Open world on the grocery photos: reject products never seen, enroll new ones from a few photos.
 
     python benchmarks/open_world.py [--work DIR] [--head softmax|cosine] [--stages ...]
-        [--set KEY=VALUE ... --variant NAME]
+        [--recipe FILE] [--set KEY=VALUE ...] [--variant NAME]
 
 A seeded split of whole classes: 61 known, 20 new, spread over Fruit, Vegetables and Packages in
 proportion. `fit` trains the shipped grocery recipe on the known classes only (their train and
@@ -18,8 +18,10 @@ val photos), then:
   (exported once under --work): wall time and the int8 file's parity;
 - retrain: the grocery recipe on all 81 classes, scored on the same photos, with its wall time.
 
-`--set` overrides the recipe of both fits (a variant of the shipped recipe, named by
---variant: its runs, versions and results file carry the name).
+`--set` overrides the recipe of both fits and `--recipe` replaces it (default
+`recipes/grocery_store.yaml`; `--recipe recipes/grocery_store_lite0.yaml --variant lite0-288` is
+the Lite0 recipe); either is a variant, named by --variant: its runs, versions and results file
+carry the name.
 
 Work files (the class-split folders of links, runs, exported versions) go under --work
 (default: /tmp/retail-vision-open-world, with -seedN for --seed N: one folder per split, as its
@@ -93,7 +95,7 @@ def photos(split: str, name: str, folders: dict[str, str]) -> list[str]:
 
 
 def fit_known(work: str, head: str, known: list[str], folders: dict[str, str], tag: str,
-              overrides: list[str]) -> tuple[str, float]:
+              overrides: list[str], recipe_file: str = RECIPE) -> tuple[str, float]:
     """(run directory, wall seconds) of the grocery recipe on the known classes; a finished run is reused."""
     from retail_vision.recipe import Recipe
     from retail_vision.training import fit
@@ -104,8 +106,8 @@ def fit_known(work: str, head: str, known: list[str], folders: dict[str, str], t
         return started[-1], float("nan")
     train = link_classes(os.path.join(work, "known", "train"), "train", known, folders)
     val = link_classes(os.path.join(work, "known", "val"), "val", known, folders)
-    recipe = Recipe.from_yaml(RECIPE, [f"data.source={train}", f"data.validation={val}", f"model.head={head}",
-                                       "name=grocery_known", *overrides])
+    recipe = Recipe.from_yaml(recipe_file, [f"data.source={train}", f"data.validation={val}", f"model.head={head}",
+                                            "name=grocery_known", *overrides])
     start = time.perf_counter()
     result = fit(recipe, runs_dir=runs, resume=started[-1] if started else False)  # an interrupted run goes on
     return result.run_dir, time.perf_counter() - start
@@ -308,7 +310,7 @@ def enroll_int8(run_dir: str, work: str, tag: str, shots: int = 5) -> dict:
 
 
 def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Photos, tag: str,
-            overrides: list[str]) -> dict:
+            overrides: list[str], recipe_file: str = RECIPE) -> dict:
     """The grocery recipe on all 81 classes: top-1 on the new classes' val photos and the known val photos."""
     import numpy as np
 
@@ -324,7 +326,7 @@ def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Phot
         run_dir = os.path.join(runs, finished[-1])
     else:
         started = time.perf_counter()
-        run_dir = fit(Recipe.from_yaml(RECIPE, [f"model.head={head}", *overrides]), runs_dir=runs).run_dir
+        run_dir = fit(Recipe.from_yaml(recipe_file, [f"model.head={head}", *overrides]), runs_dir=runs).run_dir
         seconds = time.perf_counter() - started
     predictor = load_predictor(run_dir)
     index = {label: i for i, label in enumerate(predictor.labels)}
@@ -344,12 +346,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe override for both fits (e.g. train.label_smoothing=0); needs --variant")
+    parser.add_argument("--recipe", default=RECIPE, help="the recipe both fits train (default: the shipped grocery "
+                        "recipe); another needs --variant")
     parser.add_argument("--variant", default="", help="names the runs, versions and results of --set overrides")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
     args.work = args.work or default_work(args.seed)
-    if bool(args.overrides) != bool(args.variant):
-        parser.error("--set and --variant go together: the variant names where its runs and results go")
+    changed = bool(args.overrides) or os.path.abspath(args.recipe) != RECIPE
+    if changed != bool(args.variant):
+        parser.error("--set or --recipe and --variant go together: the variant names where its runs and results go")
     tag = f"{args.head}-{args.variant}" if args.variant else args.head
     tag += f"-seed{args.seed}" if args.seed else ""  # another split of the classes: its own runs and results
 
@@ -360,8 +365,9 @@ def main() -> None:
     # Stages may run in separate invocations: their results gather in one file per head.
     previous = os.path.join("benchmarks", "results", f"open_world_{tag}.json")
     results = json.load(open(previous, encoding="utf-8")) if os.path.isfile(previous) else {}
-    results.update(head=args.head, seed=args.seed, new_classes=new, overrides=args.overrides)
-    run_dir, seconds = fit_known(args.work, args.head, known, folders, tag, args.overrides)
+    results.update(head=args.head, seed=args.seed, new_classes=new, overrides=args.overrides,
+                   recipe=os.path.relpath(args.recipe, REPO))
+    run_dir, seconds = fit_known(args.work, args.head, known, folders, tag, args.overrides, args.recipe)
     if seconds == seconds:  # not NaN: this invocation trained it
         results["fit_seconds"] = seconds
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as handle:
@@ -392,7 +398,7 @@ def main() -> None:
         results["enroll_int8"] = enroll_int8(run_dir, args.work, tag)
         print(results["enroll_int8"])
     if "retrain" in stages:
-        results["retrain"] = retrain(args.work, args.head, new, folders, known_val, tag, args.overrides)
+        results["retrain"] = retrain(args.work, args.head, new, folders, known_val, tag, args.overrides, args.recipe)
         print(results["retrain"])
     path = write_results(f"open_world_{tag}", results)
     print(f"results: {path}")
