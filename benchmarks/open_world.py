@@ -95,7 +95,7 @@ def photos(split: str, name: str, folders: dict[str, str]) -> list[str]:
 
 
 def fit_known(work: str, head: str, known: list[str], folders: dict[str, str], tag: str,
-              overrides: list[str], recipe_file: str = RECIPE) -> tuple[str, float]:
+              overrides: list[str], recipe_file: str) -> tuple[str, float]:
     """(run directory, wall seconds) of the grocery recipe on the known classes; a finished run is reused."""
     from retail_vision.recipe import Recipe
     from retail_vision.training import fit
@@ -310,7 +310,7 @@ def enroll_int8(run_dir: str, work: str, tag: str, shots: int = 5) -> dict:
 
 
 def retrain(work: str, head: str, new: list[str], folders: dict, known_val: Photos, tag: str,
-            overrides: list[str], recipe_file: str = RECIPE) -> dict:
+            overrides: list[str], recipe_file: str) -> dict:
     """The grocery recipe on all 81 classes: top-1 on the new classes' val photos and the known val photos."""
     import numpy as np
 
@@ -352,7 +352,7 @@ def main() -> None:
     args = parser.parse_args()
     stages = set(args.stages.split(","))
     args.work = args.work or default_work(args.seed)
-    changed = bool(args.overrides) or os.path.abspath(args.recipe) != RECIPE
+    changed = bool(args.overrides) or os.path.realpath(args.recipe) != os.path.realpath(RECIPE)
     if changed != bool(args.variant):
         parser.error("--set or --recipe and --variant go together: the variant names where its runs and results go")
     tag = f"{args.head}-{args.variant}" if args.variant else args.head
